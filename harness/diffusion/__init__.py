@@ -1,0 +1,11 @@
+"""Shared diffusion pieces every method uses: backbone, DDIM loop with step control, h-space hook, AD helpers."""
+from harness.diffusion.backbone import Backbone
+from harness.diffusion.hspace import MidBlockHook, h_shape
+from harness.diffusion.sampler import (
+    Condition, Schedule, Trace, ddim_invert, ddim_step, denoise, initial_noise, make_condition, predict_eps,
+)
+
+__all__ = [
+    "Backbone", "MidBlockHook", "h_shape", "Condition", "Schedule", "Trace", "ddim_invert", "ddim_step",
+    "denoise", "initial_noise", "make_condition", "predict_eps",
+]

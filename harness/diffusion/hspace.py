@@ -1,0 +1,75 @@
+"""The h-space hook: read, shift or replace the output of `unet.mid_block`.
+
+Haas et al. (FG 2024, SM A) define h-space as "the activation after the deepest bottleneck layer",
+which their code and Park et al.'s take as the mid-block output. With classifier-free guidance the
+UNet sees the batch [uncond, cond]; a shift is applied to both halves, as the official SD code does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def expand_to(value: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-sample tensor (B, ...) or (1, ...) over the CFG-stacked batch (n*B, ...)."""
+    if value.shape[0] in (1, h.shape[0]):
+        return value.to(h.dtype)
+    reps = h.shape[0] // value.shape[0]
+    if reps * value.shape[0] != h.shape[0]:
+        raise ValueError(f"h-space tensor of batch {value.shape[0]} does not divide the UNet batch {h.shape[0]}")
+    return value.to(h.dtype).repeat(reps, *([1] * (value.dim() - 1)))
+
+
+class MidBlockHook:
+    """Context manager around `unet.mid_block`. Leaves the UNet exactly as it found it on exit.
+
+    Attributes set by callers before a forward pass:
+    - `delta`: tensor added to h (plain injection), or None;
+    - `replace`: tensor substituted for h (to differentiate the UNet output with respect to h), or None.
+    After a forward pass `last` holds the (possibly shifted) h of the whole batch and `raw` the h the
+    model produced before any shift.
+    """
+
+    def __init__(self, unet: Any) -> None:
+        self.unet = unet
+        self.delta: torch.Tensor | None = None
+        self.replace: torch.Tensor | None = None
+        self.last: torch.Tensor | None = None
+        self.raw: torch.Tensor | None = None
+        self._handle = None
+
+    def _hook(self, module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        h = output
+        self.raw = output
+        if self.replace is not None:
+            h = expand_to(self.replace, h)
+        if self.delta is not None:
+            h = h + expand_to(self.delta, h)
+        self.last = h
+        return h
+
+    def __enter__(self) -> "MidBlockHook":
+        if self.unet.mid_block is None:
+            raise ValueError("this UNet has no mid_block, so it has no h-space")
+        self._handle = self.unet.mid_block.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+        self._handle = None
+        self.delta = self.replace = self.last = self.raw = None
+
+
+def h_shape(backbone: Any) -> tuple[int, ...]:
+    """Shape (C, H, W) of h for one sample, found with one forward pass."""
+    from harness.diffusion.sampler import Condition, predict_eps
+
+    x = torch.zeros((1, *backbone.state_shape()), device=backbone.device)
+    cond = None
+    if backbone.family == "text":
+        emb = backbone.encode_text([""])
+        cond = Condition(emb, emb, guidance_scale=1.0)
+    with MidBlockHook(backbone.unet) as hook, torch.no_grad():
+        predict_eps(backbone, x, int(backbone.scheduler.config.num_train_timesteps) - 1, cond, hook)
+        return tuple(hook.last.shape[1:])

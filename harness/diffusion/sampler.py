@@ -1,0 +1,222 @@
+"""The shared DDIM loop with step-level control, written once for every method.
+
+Generalised DDIM (Song et al.; Haas et al. eqs. 2-5), with ᾱ the cumulative noise schedule:
+    P_t(ε) = (x_t − sqrt(1−ᾱ_t) ε) / sqrt(ᾱ_t)
+    D_t(ε) = sqrt(1 − ᾱ_{t−1} − σ_t²) ε
+    σ_t    = η sqrt((1−ᾱ_{t−1})/(1−ᾱ_t)) sqrt(1 − ᾱ_t/ᾱ_{t−1})
+    x_{t−1} = sqrt(ᾱ_{t−1}) P_t + D_t + σ_t z_t
+Step control: `denoise(start=i, stop=j)` runs steps i..j-1 of the grid, so a method can stop at any
+step, change the state, and continue. Asyrp injection uses the edited ε in P_t and the unedited ε in D_t.
+The state is kept in float32 whatever the UNet dtype, so the step arithmetic never depends on precision.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from harness.diffusion.hspace import MidBlockHook
+
+DeltaH = Callable[[int], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The DDIM timestep grid of a backbone's scheduler (diffusers' spacing and steps_offset)."""
+
+    timesteps: tuple[int, ...]
+    alphas_cumprod: torch.Tensor
+    final_alpha_cumprod: float
+    prediction_type: str
+    num_train_timesteps: int
+
+    @classmethod
+    def from_backbone(cls, backbone: Any, num_steps: int) -> "Schedule":
+        sched = copy.deepcopy(backbone.scheduler)
+        sched.set_timesteps(num_steps)
+        return cls(
+            timesteps=tuple(int(t) for t in sched.timesteps),
+            alphas_cumprod=sched.alphas_cumprod.double().cpu(),
+            final_alpha_cumprod=float(sched.final_alpha_cumprod),
+            prediction_type=sched.config.prediction_type,
+            num_train_timesteps=int(sched.config.num_train_timesteps),
+        )
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def alpha(self, i: int) -> float:
+        return float(self.alphas_cumprod[self.timesteps[i]])
+
+    def alpha_prev(self, i: int) -> float:
+        prev = self.timesteps[i] - self.num_train_timesteps // len(self.timesteps)
+        return float(self.alphas_cumprod[prev]) if prev >= 0 else self.final_alpha_cumprod
+
+    def sigma(self, i: int, eta: float) -> float:
+        a, a_prev = self.alpha(i), self.alpha_prev(i)
+        return eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
+
+    def step_index(self, fraction: float) -> int:
+        """Index of the first step at or below t = fraction·T (the papers' "0.7T" wording)."""
+        target = fraction * self.num_train_timesteps
+        for i, t in enumerate(self.timesteps):
+            if t <= target:
+                return i
+        return len(self.timesteps) - 1
+
+
+@dataclass
+class Condition:
+    """Text conditioning with classifier-free guidance: one batched call on [uncond, cond]."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    guidance_scale: float
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale != 1.0
+
+
+def make_condition(backbone: Any, prompts: Sequence[str], guidance_scale: float) -> Condition | None:
+    if backbone.family != "text":
+        return None
+    cond = backbone.encode_text(list(prompts))
+    uncond = backbone.encode_text([""] * len(prompts))
+    return Condition(cond, uncond, guidance_scale)
+
+
+def predict_eps(backbone: Any, x: torch.Tensor, t: int, cond: Condition | None,
+                hook: MidBlockHook | None = None) -> torch.Tensor:
+    """ε-prediction (float32) at state x and timestep t, guidance applied. v-prediction is converted."""
+    unet = backbone.unet
+    x_in = x.to(backbone.dtype)
+    if cond is None:
+        out = unet(x_in, t).sample
+    elif cond.uses_cfg:
+        emb = torch.cat([cond.uncond, cond.cond])
+        out_u, out_c = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=emb).sample.chunk(2)
+        out = out_u + cond.guidance_scale * (out_c - out_u)
+    else:
+        out = unet(x_in, t, encoder_hidden_states=cond.cond).sample
+    out = out[:, : x.shape[1]].float()  # models with learned variance emit 2C channels; ε is the first C
+    if backbone.scheduler.config.prediction_type == "v_prediction":
+        a = float(backbone.scheduler.alphas_cumprod[t])
+        out = a**0.5 * out + (1 - a) ** 0.5 * x.float()
+    return out
+
+
+def pred_x0(schedule: Schedule, i: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    a = schedule.alpha(i)
+    return (x - (1 - a) ** 0.5 * eps) / a**0.5
+
+
+def ddim_step(schedule: Schedule, i: int, x: torch.Tensor, eps: torch.Tensor, *, eps_dir: torch.Tensor | None = None,
+              eta: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One generalised DDIM step from grid index i. `eps_dir` (Asyrp) feeds D_t; default: `eps`."""
+    a_prev = schedule.alpha_prev(i)
+    sigma = schedule.sigma(i, eta) if eta > 0 else 0.0
+    eps_dir = eps if eps_dir is None else eps_dir
+    x_prev = a_prev**0.5 * pred_x0(schedule, i, x, eps) + (1 - a_prev - sigma**2) ** 0.5 * eps_dir
+    if sigma > 0:
+        if noise is None:
+            raise ValueError("eta > 0 needs the pre-sampled variance noise z_t (fixed per sample)")
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+@dataclass
+class Trace:
+    """What a denoising pass recorded: x_t before each step and h_t (conditional half) at each step."""
+
+    steps: list[int] = field(default_factory=list)
+    xs: list[torch.Tensor] = field(default_factory=list)
+    hs: list[torch.Tensor] = field(default_factory=list)
+    record_h: bool = True
+    record_x: bool = True
+
+
+def _h_of_cond_half(h: torch.Tensor, batch: int) -> torch.Tensor:
+    return h[-batch:].detach()
+
+
+@torch.no_grad()
+def denoise(
+    backbone: Any,
+    x: torch.Tensor,
+    schedule: Schedule,
+    cond: Condition | None = None,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    eta: float = 0.0,
+    noises: torch.Tensor | None = None,
+    delta_h: DeltaH | None = None,
+    injection: Literal["plain", "asyrp"] = "plain",
+    trace: Trace | None = None,
+) -> torch.Tensor:
+    """Run DDIM steps start..stop-1 from state x (B, C, H, W); returns the state after the last step.
+
+    noises: (B, num_steps, C, H, W) variance noise, indexed by grid step, required when eta > 0.
+    delta_h(i): Δh for step i (B or 1, *h_shape) or None; injected as `injection` says.
+    """
+    stop = len(schedule) if stop is None else stop
+    x = x.float()
+    batch = x.shape[0]
+    with MidBlockHook(backbone.unet) as hook:
+        for i in range(start, stop):
+            t = schedule.timesteps[i]
+            delta = delta_h(i) if delta_h is not None else None
+            if trace is not None and trace.record_x:
+                trace.xs.append(x.detach().clone())
+            if trace is not None:
+                trace.steps.append(i)
+            hook.delta = delta
+            eps = predict_eps(backbone, x, t, cond, hook)
+            if trace is not None and trace.record_h:
+                # Record the unshifted h: what the model produced before the edit.
+                trace.hs.append(_h_of_cond_half(hook.raw, batch).float())
+            eps_dir = None
+            if injection == "asyrp" and delta is not None:
+                hook.delta = None
+                eps_dir = predict_eps(backbone, x, t, cond, hook)
+            noise = noises[:, i].to(x.device) if (noises is not None and eta > 0) else None
+            x = ddim_step(schedule, i, x, eps, eps_dir=eps_dir, eta=eta, noise=noise)
+    return x
+
+
+def initial_noise(seeds: Sequence[int], shape: tuple[int, ...], num_steps: int, eta: float,
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x_T and the per-step variance noise z_{T:1} of each sample, from its own seed.
+
+    Drawn on the CPU in float32 so the same seed gives the same start on every device; one
+    generator per sample, so a sample's noise never depends on which batch it is in.
+    """
+    xs, zs = [], []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(int(seed))
+        xs.append(torch.randn(shape, generator=g))
+        if eta > 0:
+            zs.append(torch.randn((num_steps, *shape), generator=g))
+    x_T = torch.stack(xs).to(device)
+    return x_T, (torch.stack(zs).to(device) if zs else None)
+
+
+def ddim_invert(backbone: Any, x0: torch.Tensor, schedule: Schedule, cond: Condition | None = None,
+                trace: Trace | None = None) -> torch.Tensor:
+    """Deterministic DDIM inversion (η = 0): x_0 -> x_T along the same grid, run backwards."""
+    x = x0.float()
+    with torch.no_grad():
+        for i in reversed(range(len(schedule))):
+            t = schedule.timesteps[i]
+            a, a_prev = schedule.alpha(i), schedule.alpha_prev(i)
+            # ε is evaluated at the less noisy state (the standard approximation of inversion).
+            eps = predict_eps(backbone, x, t, cond)
+            x0_pred = (x - (1 - a_prev) ** 0.5 * eps) / a_prev**0.5
+            x = a**0.5 * x0_pred + (1 - a) ** 0.5 * eps
+            if trace is not None:
+                trace.steps.append(i)
+                trace.xs.append(x.detach().clone())
+    return x

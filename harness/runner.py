@@ -1,0 +1,110 @@
+"""The driver: config -> plan (validated, nothing written) -> store -> executor -> rows.
+
+Everything that can be wrong with a config is found in `plan`, before any directory is created.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from harness.config import RunConfig
+from harness.errors import ConfigError
+from harness.models import model_fingerprint, resolve_model
+from harness.schema import to_dict
+from harness.store import RunStore
+from harness.suites import Suite, load_suite
+from harness.units import Batch, PrepareJob, ResolvedMethod, expand_grid, resolve_methods
+
+# Where work runs does not change results, so these keys may differ when a run is resumed.
+PLACEMENT_KEYS = ("kind", "num_workers", "address", "gpus_per_worker", "max_retries")
+
+
+@dataclass
+class Plan:
+    config: RunConfig
+    methods: list[ResolvedMethod]
+    suites: dict[str, Suite]
+    prepares: list[PrepareJob]
+    batches: list[Batch]
+
+    @property
+    def num_units(self) -> int:
+        return sum(len(b.units) for b in self.batches)
+
+
+def plan(config: RunConfig) -> Plan:
+    methods = resolve_methods(config)
+    suites = {name: load_suite(name) for name in config.suites}
+    specs = {name: resolve_model(name) for name in config.models}
+    if config.items is not None:
+        known = {it.id for s in suites.values() for it in s.items}
+        for i, item in enumerate(config.items):
+            if item not in known:
+                raise ConfigError(f"items[{i}]", item, sorted(known), "no suite of this run has that item")
+    prepares, batches = expand_grid(
+        config, methods, suites,
+        families={m: s.family for m, s in specs.items()},
+        fingerprints={m: model_fingerprint(s) for m, s in specs.items()},
+    )
+    return Plan(config, methods, suites, prepares, batches)
+
+
+def identity_config(config: RunConfig) -> dict[str, Any]:
+    resolved = to_dict(config)
+    for key in PLACEMENT_KEYS:
+        resolved["executor"].pop(key, None)
+    return resolved
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    units: int
+    done: int
+    failed: int
+    skipped_batches: int
+    executor: str
+
+
+def execute(p: Plan, progress: bool = True) -> RunSummary:
+    from harness.executors import make_executor
+
+    config = p.config
+    store = RunStore(config.run_dir)
+    store.initialise(identity_config(config), extra={"methods": {m.label: {"name": m.cls.name, "version": m.cls.version}
+                                                                  for m in p.methods}})
+    with store.lock():
+        done = store.done_batches()
+        pending = [b for b in p.batches if b.key not in done]
+        labels_pending = {(b.method, b.model, b.suite) for b in pending}
+        prepares = [j for j in p.prepares if (j.method, j.model, j.suite) in labels_pending
+                    and not store.artifact_path(j.key).is_file()]
+        executor_name = "none (nothing to do)"
+        if pending:
+            executor = make_executor(config, str(store.root))
+            executor_name = executor.description
+            try:
+                if prepares:
+                    bar = tqdm(total=len(prepares), desc="prepare", unit="job", disable=not progress)
+                    executor.map("prepare", prepares, lambda job, res: bar.update(1))
+                    bar.close()
+                bar = tqdm(total=sum(len(b.units) for b in pending), desc=f"run {config.run_id}", unit="unit",
+                           disable=not progress)
+
+                def on_batch(batch: Batch, rows: list[dict]) -> None:
+                    bar.update(len(rows))
+                    for row in rows:
+                        if row["status"] != "done":
+                            tqdm.write(f"[harness] unit {row['unit_key']} ({row['method']}, {row['item_id']}, "
+                                       f"seed {row['seed']}) failed: {row['error']}")
+
+                executor.map("run_batch", pending, on_batch)
+                bar.close()
+            finally:
+                executor.close()
+        rows = store.read_rows()
+    n_done = int((rows["status"] == "done").sum()) if len(rows) else 0
+    return RunSummary(str(store.root), p.num_units, n_done, len(rows) - n_done, len(p.batches) - len(pending),
+                      executor_name)

@@ -1,0 +1,128 @@
+"""Work units and batches: the run's grid, fixed before any scheduling.
+
+One unit = (method, model, suite item, attribute, strength, seed). Its key and its noise seed come
+from stable hashes of those fields, never from a global RNG stream, and batches are formed from the
+sorted unit list before work is handed out, so results never depend on how many workers ran them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.config import MethodEntry, RunConfig
+from harness.errors import ConfigError
+from harness.hashing import stable_hash, stable_seed
+from harness.schema import from_dict, to_dict
+from harness.suites import Suite
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    method: str
+    """Method label (a run may hold one method twice with different options)."""
+    model: str
+    suite: str
+    item_id: str
+    attribute: str
+    strength: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return stable_hash("unit", self.method, self.model, self.suite, self.item_id, self.attribute,
+                           self.strength, self.seed)
+
+    @property
+    def noise_seed(self) -> int:
+        # Independent of the method and strength: every method edits the same starting sample.
+        return stable_seed("noise", self.model, self.suite, self.item_id, self.seed)
+
+
+@dataclass(frozen=True)
+class PrepareJob:
+    """One-off preparation of a method on a (model, suite): its result is cached as an artifact."""
+
+    method: str
+    model: str
+    suite: str
+    key: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    method: str
+    model: str
+    suite: str
+    prepare_key: str
+    units: tuple[WorkUnit, ...]
+
+    @property
+    def key(self) -> str:
+        return stable_hash("batch", [u.key for u in self.units])
+
+
+@dataclass(frozen=True)
+class ResolvedMethod:
+    entry: MethodEntry
+    cls: Any
+    options: Any
+
+    @property
+    def label(self) -> str:
+        return self.entry.key
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        return to_dict(self.options)
+
+
+def resolve_methods(config: RunConfig) -> list[ResolvedMethod]:
+    from methods.base import discover_methods
+
+    registry = discover_methods()
+    out = []
+    for i, entry in enumerate(config.methods):
+        cls = registry.get(entry.name)
+        options = from_dict(cls.Options, entry.options, prefix=f"methods[{entry.key}].options")
+        out.append(ResolvedMethod(entry, cls, options))
+    return out
+
+
+def prepare_key(method: ResolvedMethod, model_fingerprint: str, suite: Suite, config: RunConfig) -> str:
+    return stable_hash("prepare", method.cls.name, method.cls.version, method.options_dict, model_fingerprint,
+                       suite.fingerprint, to_dict(config.sampler))
+
+
+def expand_grid(config: RunConfig, methods: list[ResolvedMethod], suites: dict[str, Suite],
+                families: dict[str, str], fingerprints: dict[str, str]) -> tuple[list[PrepareJob], list[Batch]]:
+    """All prepare jobs and unit batches of the run; methods skip model families they are not defined for."""
+    prepares: list[PrepareJob] = []
+    batches: list[Batch] = []
+    for method in methods:
+        strengths = method.entry.strengths or config.strengths
+        compatible = [m for m in config.models if families[m] in method.cls.families]
+        if not compatible:
+            raise ConfigError(f"methods[{method.label}]", method.entry.name, method.cls.families,
+                              f"this method needs a model of family {'/'.join(method.cls.families)}; "
+                              f"the run's models are {', '.join(f'{m} ({families[m]})' for m in config.models)}")
+        for model in compatible:
+            for suite_name, suite in suites.items():
+                pkey = prepare_key(method, fingerprints[model], suite, config)
+                if method.cls.needs_prepare:
+                    prepares.append(PrepareJob(method.label, model, suite_name, pkey,
+                                               stable_seed("prepare", method.label, model, suite_name)))
+                items = [it for it in suite.items if config.items is None or it.id in config.items]
+                units = sorted(
+                    (WorkUnit(method.label, model, suite_name, it.id, it.attribute, float(s), seed)
+                     for it in items for s in strengths for seed in config.seeds),
+                    key=lambda u: u.key,
+                )
+                size = config.executor.batch_size
+                for start in range(0, len(units), size):
+                    batches.append(Batch(method.label, model, suite_name, pkey, tuple(units[start:start + size])))
+    return prepares, batches
+
+
+def unit_from_dict(data: dict[str, Any]) -> WorkUnit:
+    return from_dict(WorkUnit, data)

@@ -1,0 +1,196 @@
+"""What runs in one worker process: models and method state loaded once, batches in, rows out.
+
+The executors only decide *where* a worker runs (this process, or a Ray actor per GPU/CPU slot);
+everything a worker does with a batch is here, so both executors give byte-identical results.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from harness.config import RunConfig
+from harness.schema import to_dict
+from harness.store import RunStore
+from harness.suites import load_suite
+from harness.units import Batch, PrepareJob, resolve_methods
+
+log_prefix = "[harness]"
+
+
+def choose_device() -> str:
+    # From torch, never from Ray's assignment: Ray sets CUDA_VISIBLE_DEVICES even for fake GPUs.
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_dtype(precision: str, device: str) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def to_uint8(image: torch.Tensor) -> Any:
+    """Float (3, H, W) in [0, 1] -> uint8 (H, W, 3), rounding as diffusers' numpy_to_pil does."""
+    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+class Worker:
+    def __init__(self, config: RunConfig, run_dir: str, worker_id: str = "w0") -> None:
+        # Reused Ray workers keep the thread count torch read at import; set it from this slot's share.
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+        self.config = config
+        self.store = RunStore(run_dir)
+        self.worker_id = worker_id
+        self.device = choose_device()
+        self.dtype = choose_dtype(config.executor.precision, self.device)
+        self.methods = {m.label: m for m in resolve_methods(config)}
+        self.suites = {name: load_suite(name) for name in config.suites}
+        self._backbones: dict[str, Any] = {}
+        self._states: dict[str, dict[str, Any]] = {}
+
+    @property
+    def device_name(self) -> str:
+        if self.device == "cuda":
+            return torch.cuda.get_device_name()
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+    def backbone(self, model: str) -> Any:
+        if model not in self._backbones:
+            from harness.models import load_backbone
+
+            self._backbones[model] = load_backbone(model, self.device, self.dtype)
+        return self._backbones[model]
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def prepare(self, job: PrepareJob) -> dict[str, Any]:
+        """Run a method's one-off preparation unless its artifact already exists."""
+        if self.store.artifact_path(job.key).is_file():
+            return {"key": job.key, "skipped": True}
+        from methods.base import PrepareContext
+
+        method = self.methods[job.method]
+        backbone = self.backbone(job.model)
+        ctx = PrepareContext(suite=self.suites[job.suite], sampler=self.config.sampler, seed=job.seed)
+        self._sync()
+        start = time.perf_counter()
+        state = method.cls(method.options).prepare(backbone, ctx)
+        self._sync()
+        seconds = time.perf_counter() - start
+        self.store.save_artifact(job.key, {"state": state, "seconds": seconds, "device": self.device_name})
+        return {"key": job.key, "skipped": False, "seconds": seconds}
+
+    def _state(self, key: str, needed: bool) -> tuple[dict[str, Any], float]:
+        if not needed:
+            return {}, 0.0
+        if key not in self._states:
+            artifact = self.store.load_artifact(key)
+            if artifact is None:
+                raise RuntimeError(f"artifact {key} missing: the prepare stage did not run")
+            self._states[key] = artifact
+        art = self._states[key]
+        return art["state"], float(art["seconds"])
+
+    def _input_error(self, backbone: Any, item: Any) -> str | None:
+        if backbone.family != "text":
+            return None
+        for field in ("prompt", "target_prompt"):
+            text = getattr(item, field)
+            if field == "prompt" and not text.strip():
+                return f"empty prompt in item {item.id!r}"
+            if text and backbone.prompt_too_long(text):
+                return f"{field} of item {item.id!r} is longer than the text encoder's {backbone.tokenizer.model_max_length} tokens"
+        return None
+
+    def run_batch(self, batch: Batch) -> list[dict[str, Any]]:
+        """Edit a batch, write its images, then its shard (which marks it done). Never raises for a method error."""
+        from methods.base import EditRequest
+
+        method = self.methods[batch.method]
+        suite = self.suites[batch.suite]
+        rows: dict[str, dict[str, Any]] = {}
+        requests = []
+        backbone = None
+        try:
+            backbone = self.backbone(batch.model)
+            state, prep_seconds = self._state(batch.prepare_key, method.cls.needs_prepare)
+        except Exception as exc:  # a model or artifact that cannot load fails its units, with the reason
+            state, prep_seconds = {}, 0.0
+            load_error = f"{type(exc).__name__}: {exc}"
+        else:
+            load_error = None
+        for unit in batch.units:
+            item = suite.item(unit.item_id)
+            rows[unit.key] = self._row(batch, unit, item, method, prep_seconds)
+            error = load_error or self._input_error(backbone, item)
+            if error:
+                rows[unit.key].update(status="failed", error=error)
+            else:
+                requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed))
+        if requests:
+            self._edit(batch, method, backbone, state, requests, rows)
+        out = [rows[u.key] for u in batch.units]
+        self.store.write_shard(batch.key, out)
+        return out
+
+    def _edit(self, batch: Batch, method: Any, backbone: Any, state: dict, requests: list, rows: dict) -> None:
+        instance = method.cls(method.options)
+        attempts = self.config.executor.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                self._sync()
+                start = time.perf_counter()
+                outputs = instance.edit(backbone, state, requests, self.config.sampler)
+                self._sync()
+                seconds = (time.perf_counter() - start) / len(requests)
+                if len(outputs) != len(requests):
+                    raise RuntimeError(f"method returned {len(outputs)} outputs for {len(requests)} requests")
+                break
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                print(f"{log_prefix} {batch.method} batch {batch.key} attempt {attempt + 1}/{attempts} failed: "
+                      f"{error}\n{traceback.format_exc(limit=3)}", flush=True)
+                if attempt == attempts - 1:
+                    for r in requests:
+                        rows[r.unit_key].update(status="failed", error=error)
+                    return
+        for request, output in zip(requests, outputs):
+            row = rows[request.unit_key]
+            if not (torch.isfinite(output.edited).all() and torch.isfinite(output.original).all()):
+                row.update(status="failed", error="non-finite values in the method's output image")
+                continue
+            self.store.write_image(row["original_path"], to_uint8(output.original))
+            self.store.write_image(row["edited_path"], to_uint8(output.edited))
+            row.update(status="done", edit_seconds=seconds, info=_info_json(output.info))
+
+    def _row(self, batch: Batch, unit: Any, item: Any, method: Any, prep_seconds: float) -> dict[str, Any]:
+        import json
+
+        base = f"images/{batch.method}/{unit.key}"
+        return {
+            "run_id": self.config.run_id, "unit_key": unit.key, "batch_key": batch.key, "method": unit.method,
+            "method_name": method.cls.name, "method_version": method.cls.version,
+            "options": json.dumps(to_dict(method.options), sort_keys=True), "model": unit.model, "suite": unit.suite,
+            "item_id": unit.item_id, "attribute": unit.attribute, "prompt": item.prompt,
+            "target_prompt": item.target_prompt, "strength": unit.strength, "seed": unit.seed,
+            "noise_seed": str(unit.noise_seed), "status": "failed", "error": None,
+            "original_path": f"{base}.orig.png", "edited_path": f"{base}.edit.png", "edit_seconds": math.nan,
+            "prepare_seconds": prep_seconds, "prepare_key": batch.prepare_key, "device": self.device_name,
+            "worker": self.worker_id, "info": None,
+        }
+
+
+def _info_json(info: dict[str, Any]) -> str | None:
+    import json
+
+    if not info:
+        return None
+    return json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in info.items()}, sort_keys=True)

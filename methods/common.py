@@ -1,0 +1,50 @@
+"""Pieces several methods share, written once: start noise per request, prompts, paired generation."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from harness.config import SamplerConfig
+from harness.diffusion import Schedule, Trace, denoise, initial_noise, make_condition
+from harness.diffusion.backbone import Backbone
+from harness.diffusion.sampler import Condition, DeltaH
+from methods.base import EditOutput, EditRequest
+
+
+def start_noise(backbone: Backbone, requests: Sequence[EditRequest],
+                sampler: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return initial_noise([r.seed for r in requests], backbone.state_shape(), sampler.num_steps, sampler.eta,
+                         device=backbone.device)
+
+
+def original_condition(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig) -> Condition | None:
+    return make_condition(backbone, [r.item.prompt for r in requests], sampler.guidance_scale)
+
+
+def target_condition(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig) -> Condition | None:
+    return make_condition(backbone, [r.item.target_prompt or r.item.prompt for r in requests], sampler.guidance_scale)
+
+
+def generate(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig, *,
+             delta_h: DeltaH | None = None, injection: str = "plain", cond: Condition | None = None,
+             trace: Trace | None = None) -> torch.Tensor:
+    """Full trajectory from each request's own x_T (and z_{T:1}), decoded to images in [0, 1]."""
+    schedule = Schedule.from_backbone(backbone, sampler.num_steps)
+    x_T, noises = start_noise(backbone, requests, sampler)
+    if cond is None:
+        cond = original_condition(backbone, requests, sampler)
+    x0 = denoise(backbone, x_T, schedule, cond, eta=sampler.eta, noises=noises, delta_h=delta_h,
+                 injection=injection, trace=trace)
+    return backbone.decode(x0)
+
+
+def per_request_delta(directions: torch.Tensor, strengths: Sequence[float]) -> torch.Tensor:
+    """Scale one h-space direction (1 or T steps, *h) by each request's strength -> (B, ...)."""
+    s = torch.tensor(list(strengths), dtype=directions.dtype, device=directions.device)
+    return s.view(-1, *([1] * directions.dim())) * directions.unsqueeze(0)
+
+
+def pairs(originals: torch.Tensor, edited: torch.Tensor, info: Sequence[dict] | None = None) -> list[EditOutput]:
+    info = info or [{} for _ in range(originals.shape[0])]
+    return [EditOutput(original=o, edited=e, info=dict(i)) for o, e, i in zip(originals, edited, info)]

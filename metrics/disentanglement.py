@@ -1,0 +1,69 @@
+"""Disentanglement matrix (seed-003 Table I): how much each applied edit moves each measured attribute.
+
+Cell (edit e, measured a) = mean over repeats r of  mean_{i in r} |s_a(edit_i) − s_a(orig_i)|,
+reported with the std over repeats; `signed=True` drops the absolute value. Any scorer works:
+a callable uint8 image batch -> {attribute: scores (N,)}, e.g. clip.ZeroShotAttributeScorer.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+AttributeScorer = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
+SCORE_COLUMNS = ("edit", "repeat", "measured", "orig", "edited")
+
+
+def scores_from_arrays(edit: Sequence[str], repeat: Sequence[object], orig: Mapping[str, Sequence[float]],
+                       edited: Mapping[str, Sequence[float]]) -> pd.DataFrame:
+    """Per-image arrays -> the long score frame (one row per image and measured attribute)."""
+    n = len(edit)
+    if len(repeat) != n or set(orig) != set(edited):
+        raise ValueError("edit/repeat lengths differ, or orig and edited measure different attributes")
+    parts = []
+    for a in orig:
+        o, e = np.asarray(orig[a], np.float64), np.asarray(edited[a], np.float64)
+        if o.shape != (n,) or e.shape != (n,):
+            raise ValueError(f"attribute {a!r}: expected {n} scores, got {o.shape} and {e.shape}")
+        parts.append(pd.DataFrame({"edit": list(edit), "repeat": list(repeat), "measured": a, "orig": o, "edited": e}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def score_images(scorer: AttributeScorer, originals: torch.Tensor, edited: torch.Tensor, edit: Sequence[str],
+                 repeat: Sequence[object], batch_size: int = 32) -> pd.DataFrame:
+    """Score original/edited uint8 image pairs with `scorer` and return the long score frame."""
+    if originals.shape != edited.shape or len(edit) != originals.shape[0]:
+        raise ValueError("originals, edited and edit labels must have matching lengths and shapes")
+    so: dict[str, list[torch.Tensor]] = {}
+    se: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, originals.shape[0], batch_size):
+        for out, batch in ((so, originals[i:i + batch_size]), (se, edited[i:i + batch_size])):
+            for a, s in scorer(batch).items():
+                out.setdefault(a, []).append(torch.as_tensor(s).double().cpu())
+    return scores_from_arrays(edit, repeat, {a: torch.cat(v).numpy() for a, v in so.items()},
+                              {a: torch.cat(v).numpy() for a, v in se.items()})
+
+
+def disentanglement_matrix(scores: pd.DataFrame, signed: bool = False, ddof: int = 1) -> pd.DataFrame:
+    """Tidy Table-I cells: columns edit, measured, mean, std, n_repeats, n_images, signed.
+
+    `scores` has the columns in SCORE_COLUMNS; std is over repeats with `ddof` (NaN for one repeat).
+    """
+    missing = set(SCORE_COLUMNS) - set(scores.columns)
+    if missing:
+        raise ValueError(f"score frame lacks columns {sorted(missing)}")
+    delta = scores["edited"].astype(np.float64) - scores["orig"].astype(np.float64)
+    df = scores.assign(effect=delta if signed else delta.abs())
+    per_repeat = df.groupby(["edit", "measured", "repeat"], sort=True)["effect"].agg(["mean", "size"]).reset_index()
+    cells = per_repeat.groupby(["edit", "measured"], sort=True).agg(
+        mean=("mean", "mean"), std=("mean", lambda v: float(np.std(v, ddof=ddof)) if len(v) > ddof else np.nan),
+        n_repeats=("mean", "size"), n_images=("size", "sum"),
+    ).reset_index()
+    return cells.assign(signed=signed)
+
+
+def to_matrix(cells: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
+    """Pivot tidy cells into rows = applied edit, columns = measured attribute."""
+    return cells.pivot(index="edit", columns="measured", values=value)

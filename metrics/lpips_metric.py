@@ -1,0 +1,68 @@
+"""LPIPS between uint8 image pairs, via the `lpips` package (named so it does not shadow `lpips`).
+
+The linear-layer weights ship in the lpips wheel; the torchvision backbone does not, and lpips would
+download it. We check $TORCH_HOME/hub/checkpoints first and raise MissingWeightsError instead.
+A random backbone (`pnet_rand=True`) is used only when the config asks for it, and is labelled.
+"""
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from harness.errors import ConfigError, MissingWeightsError
+from metrics._common import check_uint8_images, resolve_device, sha256_state_dict
+
+LPIPS_NETS = ("alex", "vgg", "squeeze")
+
+
+def backbone_checkpoint(net: str) -> Path:
+    """Where torchvision's hub cache must hold the ImageNet weights lpips loads for `net`."""
+    from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights
+
+    url = {"alex": AlexNet_Weights, "vgg": VGG16_Weights, "squeeze": SqueezeNet1_1_Weights}[net].IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def uint8_to_lpips_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the input range LPIPS was trained on."""
+    return images.float() / 127.5 - 1.0
+
+
+class LPIPSMetric:
+    """Per-pair LPIPS distance d(x_i, y_i) for uint8 (N, 3, H, W) batches."""
+
+    def __init__(self, net: str = "alex", random_backbone: bool = False, seed: int = 0, device: str = "cpu") -> None:
+        if net not in LPIPS_NETS:
+            raise ConfigError("metrics.lpips.net", net, LPIPS_NETS)
+        if not random_backbone:
+            ckpt = backbone_checkpoint(net)
+            if not ckpt.is_file():
+                raise MissingWeightsError(
+                    f"LPIPS {net} backbone {ckpt.name}", str(ckpt.parent), "metrics.lpips.net",
+                    f"put {ckpt.name} in $TORCH_HOME/hub/checkpoints, or for tests only set "
+                    "metrics.lpips.random_backbone: true",
+                )
+        import lpips
+
+        # pnet_rand=True draws the backbone from the global RNG: seed it without disturbing the caller's.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False)
+        self.device = resolve_device(device)
+        self.net = self.net.to(self.device).eval()
+        self.name = f"lpips-{net}" + ("-random" if random_backbone else "")
+        self.weights_sha256 = sha256_state_dict(self.net)
+        self.resize = "none (native resolution)"
+        self.implementation = "lpips v0.1" + (f" RANDOM BACKBONE seed={seed} (tests only)" if random_backbone else "")
+        self.library_version = version("lpips")
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_uint8_images(x)
+        check_uint8_images(y)
+        if x.shape != y.shape:
+            raise ValueError(f"LPIPS pairs must have equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        d = self.net(uint8_to_lpips_range(x).to(self.device), uint8_to_lpips_range(y).to(self.device))
+        return d.reshape(-1).double().cpu()
