@@ -66,6 +66,9 @@ class ExecutorConfig:
     gpus_per_worker: float = 1.0
     max_retries: int = 1
     """Retries of a batch whose method raised, before its units are recorded as failed."""
+    threads: int = 1
+    """CPU threads per worker. Fixed, not derived from the machine: CPU kernels reduce in a
+    thread-count-dependent order, so images are byte-identical across executors only at equal threads."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """auto: fp32 on CPU, fp16 on CUDA."""
 
@@ -74,6 +77,8 @@ class ExecutorConfig:
             raise ConfigError(f"{prefix}.batch_size", self.batch_size, "an integer >= 1")
         if self.num_workers is not None and self.num_workers < 1:
             raise ConfigError(f"{prefix}.num_workers", self.num_workers, "an integer >= 1 or null")
+        if self.threads < 1:
+            raise ConfigError(f"{prefix}.threads", self.threads, "an integer >= 1")
         if self.max_retries < 0:
             raise ConfigError(f"{prefix}.max_retries", self.max_retries, "an integer >= 0")
 

@@ -6,7 +6,6 @@ everything a worker does with a batch is here, so both executors give byte-ident
 from __future__ import annotations
 
 import math
-import os
 import platform
 import time
 import traceback
@@ -41,8 +40,9 @@ def to_uint8(image: torch.Tensor) -> Any:
 
 class Worker:
     def __init__(self, config: RunConfig, run_dir: str, worker_id: str = "w0") -> None:
-        # Reused Ray workers keep the thread count torch read at import; set it from this slot's share.
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+        # Set explicitly: reused Ray workers keep the count torch read at import, and CPU results
+        # depend on it (see ExecutorConfig.threads).
+        torch.set_num_threads(config.executor.threads)
         self.config = config
         self.store = RunStore(run_dir)
         self.worker_id = worker_id

@@ -113,7 +113,7 @@ def discover_methods() -> Registry[type[EditMethod]]:
         import methods
 
         for info in pkgutil.iter_modules(methods.__path__):
-            if not info.name.startswith("_") and info.name not in ("base", "common"):
+            if not info.name.startswith("_") and info.name != "base":
                 importlib.import_module(f"methods.{info.name}")
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             ep.load()

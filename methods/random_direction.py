@@ -17,7 +17,7 @@ from harness.config import SamplerConfig
 from harness.diffusion import h_shape
 from harness.diffusion.backbone import Backbone
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
-from methods.common import generate, pairs, per_request_delta
+from methods._common import generate, pairs, per_request_delta
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Sequence
 from harness.config import SamplerConfig
 from harness.diffusion.backbone import Backbone
 from methods.base import EditMethod, EditOutput, EditRequest, register_method
-from methods.common import generate, pairs, target_condition
+from methods._common import generate, pairs, target_condition
 
 
 @register_method("sd")

@@ -55,12 +55,12 @@ class RayExecutor:
         resources = ray.cluster_resources()
         self.gpus = int(resources.get("GPU", 0))
         cpus = int(resources.get("CPU", 1))
-        slots = self.gpus if self.gpus else cpus
+        slots = self.gpus if self.gpus else cpus // config.executor.threads
         self.num_workers = config.executor.num_workers or max(1, slots)
         if self.gpus:
-            self._options = {"num_gpus": config.executor.gpus_per_worker, "num_cpus": 1}
+            self._options = {"num_gpus": config.executor.gpus_per_worker, "num_cpus": config.executor.threads}
         else:
-            self._options = {"num_cpus": max(1, cpus // self.num_workers)}
+            self._options = {"num_cpus": config.executor.threads}
         self._remote = ray.remote(WorkerActor)
         self._next_id = 0
         self.actors = [self._start_actor() for _ in range(self.num_workers)]

@@ -5,12 +5,12 @@ Pipeline (all deterministic, numpy + scipy.ndimage):
      snap to the palette;
   2. foreground mask = pixels farther than half the palette separation from it; connected
      components (8-connectivity) below ``SPECKLE_FRACTION`` of the smallest object are
-     ignored as speckle, and exactly one component must remain, of plausible area;
+     ignored as speckle, and exactly one component must remain;
   3. foreground colour = median of the component's pixels farthest from bg, snapped (or,
      if faded by blur, the palette colour whose bg->colour segment passes through it);
   4. soft alpha = projection of each pixel on the bg->fg colour line (so anti-aliased or
-     blurred edges count fractionally) gives area and centroid; pixels far off that line
-     mean the object is not one colour;
+     blurred edges count fractionally) gives area (which must be plausible) and centroid;
+     pixels far off that line mean the object is not one colour;
   5. shape = the renderer's template (same centroid, extent fitted from the area) with the
      best soft IoU; size = that fitted extent vs the midpoint of the two sizes; x / y = the
      centroid vs the midpoints between anchors.
@@ -143,9 +143,6 @@ def read_scene(image: np.ndarray) -> OracleResult:
     if len(objects) > 1:
         return OracleResult(False, f"{len(objects)} foreground objects", bg=bg)
     comp = labels == objects[0]
-    frac = comp.sum() / res**2
-    if not AREA_RANGE[0] <= frac <= AREA_RANGE[1]:
-        return OracleResult(False, f"object area {frac:.4f} of the image is implausible", bg=bg)
 
     # 3. foreground colour from the pixels farthest from bg (edge pixels are mixed with bg;
     # the 95th percentile, not the max, so one noisy pixel does not decide)
@@ -161,6 +158,7 @@ def read_scene(image: np.ndarray) -> OracleResult:
             False, f"foreground colour {fg_rgb.round().tolist()} not in palette", bg=bg)
     if fg == bg:
         return OracleResult(False, "foreground snaps to the background colour", bg=bg)
+
     # 4. soft alpha = position along the bg -> fg colour line (edges are mixtures of the
     # two); the object is one colour if its pixels lie near that line
     axis = fg_ref - bg_rgb
@@ -171,6 +169,10 @@ def read_scene(image: np.ndarray) -> OracleResult:
     region = ndimage.binary_dilation(comp, iterations=max(2, round(3 * res / 32)))
     alpha = np.minimum(t, 1.0) * region
     area = float(alpha.sum())
+    # judged on the soft area: blur shrinks the hard mask of a small object, not its alpha sum
+    if not AREA_RANGE[0] <= area / res**2 <= AREA_RANGE[1]:
+        return OracleResult(
+            False, f"object area {area / res**2:.4f} of the image is implausible", fg=fg, bg=bg)
     centre = (np.arange(res) + 0.5)
     cx = float((alpha.sum(axis=0) * centre).sum() / area)
     cy = float((alpha.sum(axis=1) * centre).sum() / area)
