@@ -1,0 +1,82 @@
+"""Bad configs stop before any work: one line naming key, value and what is allowed; exit 2; nothing written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.config import load_run_config, run_config_from_dict
+from harness.errors import ConfigError
+from tests.conftest import tiny_run
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+BAD = {
+    "unknown top-level key": ({"numsteps": 3}, "numsteps"),
+    "unknown sampler key": ({"sampler": {"num_step": 3}}, "sampler.num_step"),
+    "wrong type": ({"sampler": {"num_steps": "many"}}, "sampler.num_steps"),
+    "unknown method": ({"methods": [{"name": "pcaa"}]}, "methods"),
+    "unknown model": ({"models": ["no-such-model"]}, "models"),
+    "unknown suite": ({"suites": ["no-such-suite"]}, "suites"),
+    "unknown item": ({"items": ["smiel"]}, "items[0]"),
+    "unknown method option": ({"methods": [{"name": "random-direction", "options": {"scal": 1}}]},
+                              "methods[random-direction].options.scal"),
+    "nan strength": ({"strengths": [float("nan")]}, "strengths[0]"),
+    "bad executor kind": ({"executor": {"kind": "slurm"}}, "executor.kind"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_exits_2_naming_the_key_and_writes_nothing(case, tmp_path, capsys) -> None:
+    change, key = BAD[case]
+    out = tmp_path / "out"
+    path = write(tmp_path, tiny_run(out, **change))
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert key in err[0] and "allowed" in err[0], err[0]
+    assert not out.exists()
+
+
+def test_malformed_yaml_names_the_line(tmp_path, capsys) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("run_id: x\nmodels: [tiny-sd\nsuites: [a]\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "malformed YAML" in err and "line" in err
+
+
+def test_unknown_attribute_in_suite_file_is_named(tmp_path) -> None:
+    from harness.suites import load_suite
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"name": "s", "version": 1, "attributes": {"smile": {"positive": "a", "negative": "b"}},
+                                     "items": [{"id": "x", "attribute": "smiel"}]}))
+    with pytest.raises(ConfigError) as err:
+        load_suite(str(suite))
+    assert "items[0].attribute" in str(err.value) and "smiel" in str(err.value) and "smile" in str(err.value)
+
+
+def test_overrides_and_conveniences(tmp_path) -> None:
+    path = write(tmp_path, tiny_run(tmp_path))
+    cfg = load_run_config(path, ["sampler.num_steps=7", "methods.random-direction.options.scale=2.5", "seeds=3"])
+    assert cfg.sampler.num_steps == 7
+    assert cfg.methods[1].options == {"scale": 2.5}
+    assert cfg.seeds == (0, 1, 2)
+    with pytest.raises(ConfigError, match="methods.nope"):
+        load_run_config(path, ["methods.nope.options.scale=1"])
+
+
+def test_method_family_mismatch_is_a_config_error(tmp_path) -> None:
+    from harness.runner import plan
+
+    cfg = run_config_from_dict(tiny_run(tmp_path, models=["tiny-unet"], methods=[{"name": "sd"}]))
+    with pytest.raises(ConfigError, match="family"):
+        plan(cfg)

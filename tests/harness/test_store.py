@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.store import RunStore
+
+
+def test_changed_config_is_refused_with_a_diff(tmp_path) -> None:
+    store = RunStore(tmp_path / "r")
+    store.initialise({"a": 1, "b": 2})
+    store.initialise({"a": 1, "b": 2})  # same config: fine (resume)
+    with pytest.raises(HarnessError) as err:
+        store.initialise({"a": 1, "b": 3})
+    assert "-b: 2" in str(err.value) and "+b: 3" in str(err.value)
+
+
+def test_second_lock_is_refused(tmp_path) -> None:
+    store = RunStore(tmp_path / "r")
+    with store.lock():
+        with pytest.raises(HarnessError, match="in use"):
+            with RunStore(tmp_path / "r").lock():
+                pass
+    with store.lock():  # released
+        pass
+
+
+def test_truncated_shard_is_detected_and_set_aside(tmp_path) -> None:
+    store = RunStore(tmp_path / "r")
+    store.write_shard("good", [{"unit_key": "u1", "status": "done"}])
+    store.write_shard("bad", [{"unit_key": "u2", "status": "done"}])
+    data = store.shard_path("bad").read_bytes()
+    store.shard_path("bad").write_bytes(data[: len(data) // 2])
+    assert store.done_batches() == {"good"}
+    assert (store.shard_dir / "bad.corrupt").exists()
+    assert list(store.read_rows()["unit_key"]) == ["u1"]
+
+
+def test_atomic_writes_leave_no_temporary_files(tmp_path) -> None:
+    import numpy as np
+
+    store = RunStore(tmp_path / "r")
+    store.write_image("images/x.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    assert [p.name for p in (tmp_path / "r" / "images").iterdir()] == ["x.png"]
