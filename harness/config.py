@@ -66,6 +66,8 @@ class ExecutorConfig:
     gpus_per_worker: float = 1.0
     max_retries: int = 1
     """Retries of a batch whose method raised, before its units are recorded as failed."""
+    unit_timeout_s: float | None = None
+    """Per-unit time limit (a batch gets this times its size); a unit past it is recorded as failed."""
     threads: int = 1
     """CPU threads per worker. Fixed, not derived from the machine: CPU kernels reduce in a
     thread-count-dependent order, so images are byte-identical across executors only at equal threads."""

@@ -18,7 +18,7 @@ from harness.suites import Suite, load_suite
 from harness.units import Batch, PrepareJob, ResolvedMethod, expand_grid, resolve_methods
 
 # Where work runs does not change results, so these keys may differ when a run is resumed.
-PLACEMENT_KEYS = ("kind", "num_workers", "address", "gpus_per_worker", "max_retries")
+PLACEMENT_KEYS = ("kind", "num_workers", "address", "gpus_per_worker", "max_retries", "unit_timeout_s")
 
 
 @dataclass
@@ -88,7 +88,13 @@ def execute(p: Plan, progress: bool = True) -> RunSummary:
             try:
                 if prepares:
                     bar = tqdm(total=len(prepares), desc="prepare", unit="job", disable=not progress)
-                    executor.map("prepare", prepares, lambda job, res: bar.update(1))
+                    def on_prepared(job: PrepareJob, result: dict) -> None:
+                        bar.update(1)
+                        if result.get("error"):
+                            tqdm.write(f"[harness] {result['error']}")
+
+                    executor.map("prepare", prepares, on_prepared, lambda job, reason: tqdm.write(
+                        f"[harness] prepare of {job.method} on {job.model}/{job.suite} failed: {reason}"))
                     bar.close()
                 bar = tqdm(total=sum(len(b.units) for b in pending), desc=f"run {config.run_id}", unit="unit",
                            disable=not progress)
@@ -100,7 +106,18 @@ def execute(p: Plan, progress: bool = True) -> RunSummary:
                             tqdm.write(f"[harness] unit {row['unit_key']} ({row['method']}, {row['item_id']}, "
                                        f"seed {row['seed']}) failed: {row['error']}")
 
-                executor.map("run_batch", pending, on_batch)
+                methods = {m.label: m for m in p.methods}
+
+                def on_failed(batch: Batch, reason: str) -> None:
+                    from harness.worker import unit_row
+
+                    suite = p.suites[batch.suite]
+                    rows = [unit_row(config, batch, u, suite.item(u.item_id), methods[batch.method], 0.0, "n/a",
+                                     "driver") | {"error": reason} for u in batch.units]
+                    store.write_shard(batch.key, rows)
+                    on_batch(batch, rows)
+
+                executor.map("run_batch", pending, on_batch, on_failed)
                 bar.close()
             finally:
                 executor.close()

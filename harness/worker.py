@@ -80,10 +80,20 @@ class Worker:
         method = self.methods[job.method]
         backbone = self.backbone(job.model)
         ctx = PrepareContext(suite=self.suites[job.suite], sampler=self.config.sampler, seed=job.seed)
-        self._sync()
-        start = time.perf_counter()
-        state = method.cls(method.options).prepare(backbone, ctx)
-        self._sync()
+        error_path = self.store.artifact_path(job.key).with_suffix(".error")
+        error_path.unlink(missing_ok=True)
+        try:
+            self._sync()
+            start = time.perf_counter()
+            state = method.cls(method.options).prepare(backbone, ctx)
+            self._sync()
+        except Exception as exc:  # its batches fail with this reason; a re-run tries again
+            error = f"prepare of {job.method} on {job.model}/{job.suite} failed: {type(exc).__name__}: {exc}"
+            print(f"{log_prefix} {error}\n{traceback.format_exc(limit=3)}", flush=True)
+            from harness.store import atomic_write_bytes
+
+            atomic_write_bytes(error_path, error.encode())
+            return {"key": job.key, "error": error}
         seconds = time.perf_counter() - start
         self.store.save_artifact(job.key, {"state": state, "seconds": seconds, "device": self.device_name})
         return {"key": job.key, "skipped": False, "seconds": seconds}
@@ -94,6 +104,9 @@ class Worker:
         if key not in self._states:
             artifact = self.store.load_artifact(key)
             if artifact is None:
+                error_path = self.store.artifact_path(key).with_suffix(".error")
+                if error_path.is_file():
+                    raise RuntimeError(error_path.read_text())
                 raise RuntimeError(f"artifact {key} missing: the prepare stage did not run")
             self._states[key] = artifact
         art = self._states[key]
@@ -142,10 +155,34 @@ class Worker:
         return out
 
     def _edit(self, batch: Batch, method: Any, backbone: Any, state: dict, requests: list, rows: dict) -> None:
-        instance = method.cls(method.options)
+        results = self._attempt(batch, method.cls(method.options), backbone, state, requests)
+        for request in requests:
+            row = rows[request.unit_key]
+            output, error, seconds, note = results[request.unit_key]
+            if output is None:
+                row.update(status="failed", error=error)
+                continue
+            if not (torch.isfinite(output.edited).all() and torch.isfinite(output.original).all()):
+                row.update(status="failed", error="non-finite values (NaN/inf) in the method's output image")
+                continue
+            self.store.write_image(row["original_path"], to_uint8(output.original))
+            self.store.write_image(row["edited_path"], to_uint8(output.edited))
+            info = dict(output.info, **({"recovery": note} if note else {}))
+            row.update(status="done", edit_seconds=seconds, info=_info_json(info))
+
+    def _attempt(self, batch: Batch, instance: Any, backbone: Any, state: dict, requests: list,
+                 note: str = "") -> dict[str, tuple[Any, str | None, float, str]]:
+        """Edit with bounded retries; out-of-memory halves the batch; a persistent failure is isolated per unit.
+
+        Returns unit_key -> (output or None, error, seconds per image, recovery note).
+        """
+        from harness import faults
+
         attempts = self.config.executor.max_retries + 1
+        error = ""
         for attempt in range(attempts):
             try:
+                faults.before_edit([r.unit_key for r in requests], self.store.root)
                 self._sync()
                 start = time.perf_counter()
                 outputs = instance.edit(backbone, state, requests, self.config.sampler)
@@ -153,39 +190,52 @@ class Worker:
                 seconds = (time.perf_counter() - start) / len(requests)
                 if len(outputs) != len(requests):
                     raise RuntimeError(f"method returned {len(outputs)} outputs for {len(requests)} requests")
+                return {r.unit_key: (o, None, seconds, note) for r, o in zip(requests, outputs)}
+            except torch.OutOfMemoryError as exc:
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                if len(requests) > 1:
+                    half = len(requests) // 2
+                    print(f"{log_prefix} out of memory on {len(requests)} units of batch {batch.key}; "
+                          f"retrying as {half} + {len(requests) - half}", flush=True)
+                    tag = f"out-of-memory: batch split to {half}"
+                    return {**self._attempt(batch, instance, backbone, state, requests[:half], tag),
+                            **self._attempt(batch, instance, backbone, state, requests[half:], tag)}
+                error = f"OutOfMemoryError at batch size 1: {exc}"
                 break
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                print(f"{log_prefix} {batch.method} batch {batch.key} attempt {attempt + 1}/{attempts} failed: "
-                      f"{error}\n{traceback.format_exc(limit=3)}", flush=True)
-                if attempt == attempts - 1:
-                    for r in requests:
-                        rows[r.unit_key].update(status="failed", error=error)
-                    return
-        for request, output in zip(requests, outputs):
-            row = rows[request.unit_key]
-            if not (torch.isfinite(output.edited).all() and torch.isfinite(output.original).all()):
-                row.update(status="failed", error="non-finite values in the method's output image")
-                continue
-            self.store.write_image(row["original_path"], to_uint8(output.original))
-            self.store.write_image(row["edited_path"], to_uint8(output.edited))
-            row.update(status="done", edit_seconds=seconds, info=_info_json(output.info))
+                print(f"{log_prefix} {batch.method} batch {batch.key} ({len(requests)} units) attempt "
+                      f"{attempt + 1}/{attempts} failed: {error}\n{traceback.format_exc(limit=3)}", flush=True)
+        if len(requests) > 1:
+            # Find the unit(s) at fault instead of failing the whole batch.
+            out: dict[str, tuple[Any, str | None, float, str]] = {}
+            for r in requests:
+                out.update(self._attempt(batch, instance, backbone, state, [r], "isolated after batch failure"))
+            return out
+        return {requests[0].unit_key: (None, error, math.nan, note)}
 
     def _row(self, batch: Batch, unit: Any, item: Any, method: Any, prep_seconds: float) -> dict[str, Any]:
-        import json
+        return unit_row(self.config, batch, unit, item, method, prep_seconds, self.device_name, self.worker_id)
 
-        base = f"images/{batch.method}/{unit.key}"
-        return {
-            "run_id": self.config.run_id, "unit_key": unit.key, "batch_key": batch.key, "method": unit.method,
-            "method_name": method.cls.name, "method_version": method.cls.version,
-            "options": json.dumps(to_dict(method.options), sort_keys=True), "model": unit.model, "suite": unit.suite,
-            "item_id": unit.item_id, "attribute": unit.attribute, "prompt": item.prompt,
-            "target_prompt": item.target_prompt, "strength": unit.strength, "seed": unit.seed,
-            "noise_seed": str(unit.noise_seed), "status": "failed", "error": None,
-            "original_path": f"{base}.orig.png", "edited_path": f"{base}.edit.png", "edit_seconds": math.nan,
-            "prepare_seconds": prep_seconds, "prepare_key": batch.prepare_key, "device": self.device_name,
-            "worker": self.worker_id, "info": None,
-        }
+
+def unit_row(config: RunConfig, batch: Batch, unit: Any, item: Any, method: Any, prep_seconds: float,
+             device: str, worker: str) -> dict[str, Any]:
+    """A unit's row, status "failed" until the edit succeeds (so no unit is ever missing a reason)."""
+    import json
+
+    base = f"images/{batch.method}/{unit.key}"
+    return {
+        "run_id": config.run_id, "unit_key": unit.key, "batch_key": batch.key, "method": unit.method,
+        "method_name": method.cls.name, "method_version": method.cls.version,
+        "options": json.dumps(to_dict(method.options), sort_keys=True), "model": unit.model, "suite": unit.suite,
+        "item_id": unit.item_id, "attribute": unit.attribute, "prompt": item.prompt,
+        "target_prompt": item.target_prompt, "strength": unit.strength, "seed": unit.seed,
+        "noise_seed": str(unit.noise_seed), "status": "failed", "error": None,
+        "original_path": f"{base}.orig.png", "edited_path": f"{base}.edit.png", "edit_seconds": math.nan,
+        "prepare_seconds": prep_seconds, "prepare_key": batch.prepare_key, "device": device,
+        "worker": worker, "info": None,
+    }
 
 
 def _info_json(info: dict[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -43,7 +44,7 @@ def clip_score_from_features(image_features: torch.Tensor, text_features: torch.
 
 def aggregate_clip_score(scores: torch.Tensor | Sequence[float]) -> float:
     """max(mean, 0): torchmetrics' CLIPScore.compute() convention."""
-    return max(float(torch.as_tensor(scores, dtype=torch.float64).mean()), 0.0)
+    return max(float(np.mean(np.asarray(scores, dtype=np.float64))), 0.0)
 
 
 def zero_shot_attribute_score(image_features: torch.Tensor, pos_features: torch.Tensor,
@@ -135,7 +136,8 @@ class OpenClipScorer(CLIPScorer):
 
         if model_config is not None:
             if not Path(model_config).is_file():
-                raise ConfigError("metrics.clip.model_config", model_config, remedy="point it at an open_clip model json")
+                raise ConfigError("metrics.clip.model_config", model_config,
+                                  remedy="point it at an open_clip model json")
             if Path(model_config).stem != model:
                 raise ConfigError("metrics.clip.model", model, [Path(model_config).stem],
                                   "open_clip names a model-config json by its file stem")
@@ -157,7 +159,8 @@ class OpenClipScorer(CLIPScorer):
         self.tokenizer = open_clip.get_tokenizer(model)
         self.name, self.embed_dim = model, int(open_clip.get_model_config(model)["embed_dim"])
         self.weights_sha256 = sha256_file(pretrained) if pretrained else sha256_state_dict(self.model)
-        steps = [repr(t) for t in getattr(self.preprocess, "transforms", []) if "Resize" in repr(t) or "Crop" in repr(t)]
+        steps = [repr(t) for t in getattr(self.preprocess, "transforms", [])
+                 if "Resize" in repr(t) or "Crop" in repr(t)]
         self.resize = "open_clip eval: " + " + ".join(steps) + (" (RANDOM WEIGHTS)" if random_weights else "")
         self.implementation, self.library_version = "open_clip", version("open_clip_torch")
 

@@ -6,6 +6,7 @@ A random backbone (`pnet_rand=True`) is used only when the config asks for it, a
 """
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -47,7 +48,9 @@ class LPIPSMetric:
         import lpips
 
         # pnet_rand=True draws the backbone from the global RNG: seed it without disturbing the caller's.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # lpips 0.1.4 still calls torchvision with pretrained=...; the deprecation is theirs, not ours
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision.models._utils")
             torch.manual_seed(seed)
             self.net = lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False)
         self.device = resolve_device(device)

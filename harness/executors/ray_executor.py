@@ -7,6 +7,7 @@ resubmitted (bounded), so a unit is never dropped.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,12 +16,13 @@ import ray
 from ray.exceptions import RayActorError, WorkerCrashedError
 
 from harness.config import RunConfig
-from harness.executors.base import OnDone
+from harness.executors.base import OnDone, OnFailed
 from harness.worker import Worker
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TORCH_HOME", "HARNESS_FAULTS")
 MAX_ACTOR_RESTARTS = 3
+"""Deaths of a worker on the same job before its units are recorded as failed."""
 
 
 class WorkerActor:
@@ -30,7 +32,10 @@ class WorkerActor:
     def call(self, kind: str, job: Any) -> Any:
         return getattr(self.worker, kind)(job)
 
-    def pid(self) -> int:
+    def warm(self) -> int:
+        """Load every model of the run, so per-unit timeouts measure editing, not loading."""
+        for model in self.worker.config.models:
+            self.worker.backbone(model)
         return os.getpid()
 
 
@@ -64,41 +69,73 @@ class RayExecutor:
         self._remote = ray.remote(WorkerActor)
         self._next_id = 0
         self.actors = [self._start_actor() for _ in range(self.num_workers)]
+        if config.executor.unit_timeout_s:
+            ray.get([a.warm.remote() for a in self.actors])
         kind = f"{self.gpus} GPU(s)" if self.gpus else f"{cpus} CPU(s)"
         self.description = f"ray ({self.num_workers} actor(s) over {kind})"
 
     def _start_actor(self) -> Any:
         worker_id = f"ray-{self._next_id}"
         self._next_id += 1
-        return self._remote.options(**self._options).remote(self.config, self.run_dir, worker_id)
+        # Per-actor env: the driver's offline flags (and test fault injection) reach joined clusters too.
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        return self._remote.options(**self._options, runtime_env={"env_vars": env}).remote(
+            self.config, self.run_dir, worker_id)
 
-    def map(self, kind: str, jobs: Sequence[Any], on_done: OnDone) -> None:
+    def map(self, kind: str, jobs: Sequence[Any], on_done: OnDone, on_failed: OnFailed | None = None) -> None:
         queue = deque(jobs)
         idle = deque(self.actors)
-        in_flight: dict[Any, tuple[Any, Any]] = {}  # ref -> (actor, job)
-        restarts = 0
+        in_flight: dict[Any, tuple[Any, Any, float]] = {}  # ref -> (actor, job, deadline)
+        deaths: dict[int, int] = {}  # id(job) -> times a worker died on it
+        timeout = self.config.executor.unit_timeout_s
         while queue or in_flight:
             while queue and idle:
                 actor, job = idle.popleft(), queue.popleft()
-                in_flight[actor.call.remote(kind, job)] = (actor, job)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+                # Prepare jobs (fitting directions, training an MLP) are one-off and have no time limit.
+                limit = timeout * len(job.units) if (timeout and hasattr(job, "units")) else None
+                deadline = time.monotonic() + limit if limit else float("inf")
+                in_flight[actor.call.remote(kind, job)] = (actor, job, deadline)
+            next_deadline = min(d for _, _, d in in_flight.values())
+            wait_s = None if next_deadline == float("inf") else max(0.0, next_deadline - time.monotonic())
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
+            if not ready:
+                for ref, (actor, job, deadline) in list(in_flight.items()):
+                    if deadline <= time.monotonic():
+                        del in_flight[ref]
+                        idle.append(self._replace(actor))
+                        self._fail(job, f"timed out after {timeout * len(job.units):.0f}s "
+                                        f"(executor.unit_timeout_s={timeout} per unit)", on_failed)
+                continue
             ref = ready[0]
-            actor, job = in_flight.pop(ref)
+            actor, job, _ = in_flight.pop(ref)
             try:
                 result = ray.get(ref)
             except (RayActorError, WorkerCrashedError) as exc:
-                restarts += 1
-                if restarts > MAX_ACTOR_RESTARTS * self.num_workers:
-                    raise RuntimeError(f"workers keep dying ({restarts} times); last error: {exc}") from exc
-                print(f"[harness] worker died ({type(exc).__name__}); replacing it and resubmitting its job", flush=True)
-                self.actors.remove(actor)
-                actor = self._start_actor()
-                self.actors.append(actor)
-                queue.appendleft(job)
-                idle.append(actor)
+                deaths[id(job)] = deaths.get(id(job), 0) + 1
+                print(f"[harness] worker died ({type(exc).__name__}) on a {kind} job; replacing it", flush=True)
+                idle.append(self._replace(actor))
+                if deaths[id(job)] > MAX_ACTOR_RESTARTS:
+                    self._fail(job, f"the worker died {deaths[id(job)]} times running this batch", on_failed)
+                else:
+                    queue.appendleft(job)
                 continue
             idle.append(actor)
             on_done(job, result)
+
+    def _replace(self, actor: Any) -> Any:
+        ray.kill(actor)
+        self.actors.remove(actor)
+        new = self._start_actor()
+        self.actors.append(new)
+        if self.config.executor.unit_timeout_s:
+            ray.get(new.warm.remote())
+        return new
+
+    @staticmethod
+    def _fail(job: Any, reason: str, on_failed: OnFailed | None) -> None:
+        if on_failed is None:
+            raise RuntimeError(reason)
+        on_failed(job, reason)
 
     def close(self) -> None:
         for actor in self.actors:

@@ -1,0 +1,265 @@
+"""Figures of the embedded world's models, for whichever checkpoints exist.
+
+    python -m harness.world.check [--clip checkpoints/world-clip] [--ddpm checkpoints/world-ddpm]
+                                  [--text2img checkpoints/world-text2img] [--n-uncond 128] [--n-text 64]
+                                  [--guidance 5] [--steps 50] [--json out.json] [--threads N]
+
+1. CLIP (train_clip.py): zero-shot accuracy per factor on held-out renders (bar: shape and fg >= 0.95).
+2. Unconditional DDPM (train_ddpm.py; a DDPMPipeline directory, unet/ + scheduler/): DDIM samples (eta 0),
+   the oracle's validity rate, and per factor the total-variation distance between the oracle's readings of
+   the valid samples and the training split's marginal (uniform over the train combinations).
+3. Text-to-image (train_text2img.py): DDIM samples with classifier-free guidance from captions of held-out
+   scenes (never-seen factor combinations; --prompt-split train for seen ones); the rate at which the oracle
+   reads the prompted shape / fg colour (an invalid reading counts as a miss), and the other factors too.
+4. Embedded-backbone FID: Fréchet distance (float64) between the world CLIP's image embeddings
+   (get_image_features) of a set and of --n-ref held-out renders, for the unconditional samples, the
+   text-conditional samples and, as a yardstick, held-out renders with their pixels shuffled (as many as
+   samples; bar: samples' FID < 1/5 of the shuffled images').
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from harness.world import FACTOR_NAMES, FACTOR_VALUES, caption, read_scene, render_batch, sample_scenes
+from harness.world.render import split_combinations
+
+ZERO_SHOT_BAR = 0.95
+FID_RATIO_BAR = 0.2
+
+
+# ----------------------------------------------------------------------------- helpers (tested)
+
+def tv_distance(p: Mapping[str, float], q: Mapping[str, float]) -> float:
+    """Total-variation distance 1/2 * sum |p - q| over the union of the two supports."""
+    keys = set(p) | set(q)
+    return 0.5 * float(sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in keys))
+
+
+def empirical_distribution(values: Iterable[str], support: Sequence[str]) -> dict[str, float]:
+    """Frequencies of `values` over `support` (all zeros for no values)."""
+    values = list(values)
+    n = len(values)
+    return {v: (sum(x == v for x in values) / n if n else 0.0) for v in support}
+
+
+def training_marginals(split: str = "train") -> dict[str, dict[str, float]]:
+    """Exact per-factor marginals of sample_scenes(split): uniform over the split's factor combinations."""
+    combos = split_combinations(split)
+    return {name: empirical_distribution((c[i] for c in combos), FACTOR_VALUES[name])
+            for i, name in enumerate(FACTOR_NAMES)}
+
+
+def factor_tv(readings: Sequence[Any], reference: Mapping[str, Mapping[str, float]] | None = None
+              ) -> dict[str, float]:
+    """Per factor, TV distance between the valid oracle readings' distribution and `reference`."""
+    reference = reference or training_marginals()
+    valid = [r for r in readings if r.valid]
+    return {name: tv_distance(empirical_distribution((getattr(r, name) for r in valid), FACTOR_VALUES[name]),
+                              reference[name]) for name in FACTOR_NAMES}
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2), in float64 (eigenvalues of S1 S2 are real >= 0
+    in exact arithmetic; the complex square root absorbs rounding)."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    diff = mu1 - mu2
+    tr_covmean = np.sqrt(np.linalg.eigvals(sigma1 @ sigma2).astype(np.complex128)).real.sum()
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two (n, d) feature sets (unbiased covariances)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def pixel_shuffle(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each (R, R, 3) image with its pixel positions randomly permuted (colour histogram kept, layout lost)."""
+    rng = np.random.default_rng(seed)
+    n, h, w, c = images.shape
+    flat = images.reshape(n, h * w, c)
+    return np.stack([f[rng.permutation(h * w)] for f in flat]).reshape(images.shape)
+
+
+# ----------------------------------------------------------------------------- model runs
+
+def _ddim(directory: Path):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_pretrained(directory, subfolder="scheduler", local_files_only=True)
+    return DDIMScheduler.from_config(sched.config, clip_sample=False)
+
+
+def _to_uint8(x) -> np.ndarray:
+    """[-1, 1] (B, 3, R, R) tensor -> uint8 (B, R, R, 3)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def sample_unconditional(directory: Path, n: int, steps: int, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+    import torch
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(directory, subfolder="unet", local_files_only=True).eval()
+    sched = _ddim(directory)
+    sched.set_timesteps(steps)
+    size = unet.config.sample_size
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            x = torch.randn((min(batch_size, n - i), 3, size, size), generator=g)
+            for t in sched.timesteps:
+                x = sched.step(unet(x, t).sample, t, x).prev_sample
+            out.append(_to_uint8(x))
+    return np.concatenate(out)
+
+
+def sample_text(directory: Path, prompts: Sequence[str], guidance: float, steps: int, seed: int = 0,
+                batch_size: int = 32) -> np.ndarray:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from harness.world.train_text2img import encode_prompts, sample
+
+    unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", local_files_only=True).eval()
+    text_encoder = CLIPTextModel.from_pretrained(directory, subfolder="text_encoder", local_files_only=True).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", local_files_only=True)
+    sched = _ddim(directory)
+    uncond = encode_prompts(text_encoder, tokenizer, [""])
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        cond = encode_prompts(text_encoder, tokenizer, prompts[i:i + batch_size])
+        out.append(sample(unet, sched, cond, uncond, guidance, steps, seed=seed + i).numpy())
+    return np.concatenate(out)
+
+
+class WorldClip:
+    def __init__(self, directory: Path):
+        from transformers import CLIPModel, CLIPTokenizer
+
+        self.model = CLIPModel.from_pretrained(directory, local_files_only=True).eval()
+        self.tokenizer = CLIPTokenizer.from_pretrained(directory, local_files_only=True)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        from harness.world.train_clip import image_features
+
+        return image_features(self.model, images).double().numpy()
+
+    def zero_shot(self, images: np.ndarray, scenes) -> dict[str, float]:
+        from harness.world.train_clip import zero_shot_accuracy
+
+        return zero_shot_accuracy(self.model, self.tokenizer, images, scenes)
+
+
+def prompted_rates(scenes, images: np.ndarray) -> dict[str, float]:
+    """Share of images where the oracle is valid and reads each factor as prompted."""
+    readings = [read_scene(im) for im in images]
+    rates = {name: float(np.mean([r.valid and getattr(r, name) == getattr(s, name)
+                                  for r, s in zip(readings, scenes)])) for name in FACTOR_NAMES}
+    return {"valid": float(np.mean([r.valid for r in readings])), **rates}
+
+
+# ----------------------------------------------------------------------------- report
+
+def _fmt(d: Mapping[str, float]) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in d.items())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clip", type=Path, default=Path("checkpoints/world-clip"))
+    p.add_argument("--ddpm", type=Path, default=Path("checkpoints/world-ddpm"))
+    p.add_argument("--text2img", type=Path, default=Path("checkpoints/world-text2img"))
+    p.add_argument("--n-clip", type=int, default=1000, help="held-out renders for the zero-shot eval")
+    p.add_argument("--n-ref", type=int, default=1000, help="held-out renders as the FID reference")
+    p.add_argument("--n-uncond", type=int, default=128, help="unconditional samples")
+    p.add_argument("--n-text", type=int, default=64, help="text-conditional samples (one prompt each)")
+    p.add_argument("--prompt-split", choices=("heldout", "train"), default="heldout")
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (eta 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {}
+    clip = None
+    has = lambda d, sub: (d / sub).is_dir()  # noqa: E731
+
+    if (args.clip / "config.json").is_file():
+        clip = WorldClip(args.clip)
+        scenes = sample_scenes(args.n_clip, seed=12345, split="heldout")
+        acc = clip.zero_shot(render_batch(scenes, 32), scenes)
+        results["clip_zero_shot"] = acc
+        ok = min(acc["shape"], acc["fg"]) >= ZERO_SHOT_BAR
+        print(f"CLIP zero-shot on {args.n_clip} held-out renders: {_fmt(acc)}  "
+              f"[shape & fg >= {ZERO_SHOT_BAR}: {'PASS' if ok else 'FAIL'}]")
+    else:
+        print(f"CLIP: no checkpoint at {args.clip}")
+
+    ref_feats = None
+    if clip is not None:
+        ref_scenes = sample_scenes(args.n_ref, seed=args.seed + 999, split="heldout")
+        ref_feats = clip.features(render_batch(ref_scenes, 32))
+
+    samples_uncond = None
+    if has(args.ddpm, "unet"):
+        t0 = time.time()
+        samples_uncond = sample_unconditional(args.ddpm, args.n_uncond, args.steps, args.seed)
+        readings = [read_scene(im) for im in samples_uncond]
+        valid = float(np.mean([r.valid for r in readings]))
+        tv = factor_tv(readings)
+        results["uncond"] = {"n": args.n_uncond, "valid": valid, "tv": tv}
+        print(f"DDPM {args.ddpm}: {args.n_uncond} samples ({args.steps} DDIM steps, {time.time() - t0:.0f}s): "
+              f"oracle-valid {valid:.3f}; TV to train marginals: {_fmt(tv)}")
+    else:
+        print(f"DDPM: no checkpoint at {args.ddpm}")
+
+    samples_text = None
+    if has(args.text2img, "unet"):
+        t0 = time.time()
+        scenes = sample_scenes(args.n_text, seed=args.seed + 4242, split=args.prompt_split)
+        samples_text = sample_text(args.text2img, [caption(s) for s in scenes], args.guidance, args.steps, args.seed)
+        rates = prompted_rates(scenes, samples_text)
+        results["text"] = {"n": args.n_text, "prompt_split": args.prompt_split, "guidance": args.guidance,
+                           "rates": rates}
+        print(f"text2img {args.text2img}: {args.n_text} {args.prompt_split} captions, CFG {args.guidance}, "
+              f"{args.steps} DDIM steps ({time.time() - t0:.0f}s): prompted-shape {rates['shape']:.3f} "
+              f"prompted-colour {rates['fg']:.3f}; all: {_fmt(rates)}")
+    else:
+        print(f"text2img: no checkpoint at {args.text2img}")
+
+    if ref_feats is not None:
+        fid: dict[str, float] = {}
+        for name, images in (("uncond_samples", samples_uncond), ("text_samples", samples_text)):
+            if images is None:
+                continue
+            fid[name] = fid_from_features(clip.features(images), ref_feats)
+            n = len(images)
+            shuffled = pixel_shuffle(render_batch(sample_scenes(n, seed=args.seed + 77, split="heldout"), 32),
+                                     seed=args.seed)
+            fid[f"shuffled_n{n}"] = fid_from_features(clip.features(shuffled), ref_feats)
+            ratio = fid[name] / fid[f"shuffled_n{n}"]
+            fid[f"{name}_ratio"] = ratio
+            print(f"FID (world-CLIP features, vs {args.n_ref} held-out renders): {name} {fid[name]:.4f}, "
+                  f"pixel-shuffled held-out (n={n}) {fid[f'shuffled_n{n}']:.4f}, ratio {ratio:.3f}  "
+                  f"[< {FID_RATIO_BAR}: {'PASS' if ratio < FID_RATIO_BAR else 'FAIL'}]")
+        results["fid"] = fid
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""Train the embedded world CLIP: a small transformers CLIPModel on (render, caption) pairs of the train split.
+
+    python -m harness.world.train_clip --out checkpoints/world-clip --minutes 12 --threads 1
+
+Saves a transformers directory (CLIPModel in safetensors + CLIPProcessor: tokenizer and image processor) that
+loads with `CLIPModel.from_pretrained(out, local_files_only=True)` and metrics.clip's HFClipScorer, plus
+loss.csv, eval.csv (zero-shot accuracy at every save) and metrics.json (the final zero-shot evaluation).
+
+Model: ViT on 32x32 with 4x4 patches; text transformer with the real CLIP BPE vocabulary (49,408 tokens,
+harness.models._clip_tokenizer) and 77 positions, so its last hidden state conditions the text-to-image
+model exactly as Stable Diffusion's text encoder does. The text width is kept at 32 because the token
+embedding (49,408 x width fp32) dominates the size of every checkpoint that carries the text encoder.
+
+Training data is generated online. Half the captions are full (`caption(scene)`); the other half name a
+random subset of the factors ("a red shape", "a circle on a blue background", "a small shape, top left"),
+which is what makes attribute prompts work zero-shot. Since several images of a batch can fit a partial
+caption, the contrastive loss uses the true match matrix (computed from the factors) as soft targets.
+
+Zero-shot evaluation: held-out renders, 100 x cosine logits against one prompt per value,
+`ZERO_SHOT_PROMPTS` (shape: "a circle", fg: "a red shape", bg, size, position too).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.world import (
+    COLORS, FACTOR_NAMES, MAX_JITTER, SHAPES, SIZES, XS, YS, Scene, caption, position_phrase, render_batch,
+    sample_scenes, split_combinations,
+)
+
+# OpenAI CLIP's normalisation (what CLIPImageProcessor applies by default).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+POSITIONS: tuple[tuple[str, str], ...] = tuple((x, y) for y in YS for x in XS)
+
+# One prompt per factor value; the template is recorded in metrics.json.
+ZERO_SHOT_PROMPTS: dict[str, dict[str, str]] = {
+    "shape": {s: f"a {s}" for s in SHAPES},
+    "fg": {c: f"a {c} shape" for c in COLORS},
+    "bg": {c: f"a shape on a {c} background" for c in COLORS},
+    "size": {z: f"a {z} shape" for z in SIZES},
+    "position": {f"{x}/{y}": f"a shape, {position_phrase(x, y)}" for x, y in POSITIONS},
+}
+
+
+def build_clip(vision_width: int = 96, vision_layers: int = 3, vision_heads: int = 3, text_width: int = 32,
+               text_layers: int = 3, text_heads: int = 1, projection_dim: int = 64):
+    from transformers import CLIPConfig, CLIPModel
+
+    # Heads of >= 32 dims: small heads hit a slow CPU attention backward (environment-notes §6).
+    config = CLIPConfig(
+        text_config=dict(
+            hidden_size=text_width, intermediate_size=4 * text_width, num_hidden_layers=text_layers,
+            num_attention_heads=text_heads, vocab_size=49408, max_position_embeddings=77,
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=0, hidden_act="quick_gelu",
+        ),
+        vision_config=dict(
+            image_size=32, patch_size=4, num_channels=3, hidden_size=vision_width,
+            intermediate_size=4 * vision_width, num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads, hidden_act="quick_gelu",
+        ),
+        projection_dim=projection_dim,
+    )
+    return CLIPModel(config)
+
+
+def build_processor():
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    from harness.models import _clip_tokenizer
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=_clip_tokenizer(77))
+
+
+def pixel_values(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 32, 32, 3) -> normalised (N, 3, 32, 32), what CLIPImageProcessor gives for 32 px input."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------- captions
+
+def partial_caption(attrs: dict[str, str]) -> str:
+    """Caption naming only `attrs` (keys among shape, fg, bg, size, position=(x, y)), in caption()'s grammar."""
+    words = ["a"] + [attrs[k] for k in ("size", "fg") if k in attrs] + [attrs.get("shape", "shape")]
+    text = " ".join(words)
+    if "bg" in attrs:
+        text += f" on a {attrs['bg']} background"
+    if "position" in attrs:
+        text += ", " + position_phrase(*attrs["position"])
+    return text
+
+
+_ATTR_KEYS = ("shape", "fg", "bg", "size", "position")
+_ATTR_VALUES = {"shape": SHAPES, "fg": COLORS, "bg": COLORS, "size": SIZES, "position": POSITIONS}
+
+
+def counterfactual_batch(n: int, seed: int, group_size: int = 4) -> list[Scene]:
+    """`n` train-split scenes in groups of `group_size`: a random scene, then variants of it that each change
+    one random factor (shape, fg, bg, size or position; new jitter too). Colour alone tells most random
+    scenes apart, so without such hard negatives shape and position are learnt slowly."""
+    rng = np.random.default_rng(seed)
+    bases = sample_scenes(-(-n // group_size), seed=seed, split="train")
+    train = set(split_combinations("train"))
+    out: list[Scene] = []
+    for base in bases:
+        out.append(base)
+        for _ in range(group_size - 1):
+            for _attempt in range(20):
+                f = dict(base.factors())
+                factor = ("shape", "fg", "bg", "size", "position")[rng.integers(5)]
+                if factor == "position":
+                    f["x"], f["y"] = POSITIONS[rng.integers(len(POSITIONS))]
+                else:
+                    f[factor] = _ATTR_VALUES[factor][rng.integers(len(_ATTR_VALUES[factor]))]
+                key = tuple(f[k] for k in FACTOR_NAMES)
+                if key != base.key() and key in train:
+                    break
+            else:
+                key = base.key()
+            dx, dy = rng.uniform(-MAX_JITTER, MAX_JITTER, size=2)
+            out.append(Scene(*key, dx=float(dx), dy=float(dy)))
+    return out[:n]
+
+
+def scene_attrs(scene: Scene) -> dict[str, object]:
+    return {"shape": scene.shape, "fg": scene.fg, "bg": scene.bg, "size": scene.size,
+            "position": (scene.x, scene.y)}
+
+
+def make_captions(scenes: Sequence[Scene], rng: np.random.Generator,
+                  partial_prob: float = 0.5) -> tuple[list[str], list[dict[str, object]]]:
+    """A caption per scene (full, or naming a random non-empty subset of factors) and the factors it names."""
+    texts, named = [], []
+    keys = ("shape", "fg", "bg", "size", "position")
+    for scene in scenes:
+        attrs = scene_attrs(scene)
+        if rng.random() < partial_prob:
+            keep = rng.random(len(keys)) < 0.5
+            if not keep.any():
+                keep[rng.integers(len(keys))] = True
+            sub = {k: attrs[k] for k, m in zip(keys, keep) if m}
+            texts.append(partial_caption(sub))
+            named.append(sub)
+        else:
+            texts.append(caption(scene))
+            named.append(attrs)
+    return texts, named
+
+
+def _attr_codes(attrs: dict[str, object]) -> list[int]:
+    """Index of each named factor's value, -1 where the caption leaves it open."""
+    return [_ATTR_VALUES[k].index(attrs[k]) if k in attrs else -1 for k in _ATTR_KEYS]
+
+
+def match_matrix(named: Sequence[dict[str, object]], scenes: Sequence[Scene]) -> torch.Tensor:
+    """M[i, j] = 1 when scene j has every factor caption i names (float, (T, N))."""
+    cap = np.array([_attr_codes(sub) for sub in named]).reshape(len(named), len(_ATTR_KEYS))
+    img = np.array([_attr_codes(scene_attrs(s)) for s in scenes]).reshape(len(scenes), len(_ATTR_KEYS))
+    ok = (cap[:, None, :] < 0) | (cap[:, None, :] == img[None, :, :])
+    return torch.from_numpy(ok.all(axis=2).astype(np.float32))
+
+
+def soft_clip_loss(text_emb: torch.Tensor, image_emb: torch.Tensor, scale: torch.Tensor,
+                   match: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with the match matrix as soft targets (= standard CLIP loss when match is I)."""
+    logits = scale * F.normalize(text_emb, dim=-1) @ F.normalize(image_emb, dim=-1).T  # (T, N)
+    t2i = -(match / match.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    i2t = -(match.T / match.T.sum(1, keepdim=True) * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return (t2i + i2t) / 2
+
+
+# ----------------------------------------------------------------------------- features and evaluation
+
+@torch.no_grad()
+def text_features(model, tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    tok = tokenizer(list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+    out = model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+@torch.no_grad()
+def image_features(model, images: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """Projected CLIP image embeddings (unnormalised) of uint8 (N, 32, 32, 3) images."""
+    feats = []
+    for i in range(0, len(images), batch_size):
+        out = model.get_image_features(pixel_values=pixel_values(images[i:i + batch_size]))
+        feats.append(out if torch.is_tensor(out) else out.pooler_output)
+    return torch.cat(feats)
+
+
+def _truth(scene: Scene, factor: str) -> str:
+    return f"{scene.x}/{scene.y}" if factor == "position" else getattr(scene, factor)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, tokenizer, images: np.ndarray, scenes: Sequence[Scene],
+                       prompts: dict[str, dict[str, str]] = ZERO_SHOT_PROMPTS) -> dict[str, float]:
+    """Per factor: share of images whose highest-cosine prompt names the true value."""
+    was_training = model.training
+    model.eval()
+    img = F.normalize(image_features(model, images), dim=-1)
+    acc = {}
+    for factor, table in prompts.items():
+        values = list(table)
+        txt = F.normalize(text_features(model, tokenizer, [table[v] for v in values]), dim=-1)
+        pred = (100.0 * img @ txt.T).argmax(1).tolist()
+        acc[factor] = float(np.mean([values[p] == _truth(s, factor) for p, s in zip(pred, scenes)]))
+    model.train(was_training)
+    return acc
+
+
+def heldout_eval_set(n: int, seed: int = 12345) -> tuple[list[Scene], np.ndarray]:
+    scenes = sample_scenes(n, seed=seed, split="heldout")
+    return scenes, render_batch(scenes, 32)
+
+
+# ----------------------------------------------------------------------------- training
+
+def save(out: Path, model, processor) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+
+
+def main(argv: list[str] | None = None):
+    """Train, save and evaluate; returns the trained CLIPModel."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("checkpoints/world-clip"))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=100000)
+    p.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget (the lr follows a cosine over it)")
+    p.add_argument("--group-size", type=int, default=4,
+                   help="scenes per counterfactual group (1 = independent scenes)")
+    p.add_argument("--partial-prob", type=float, default=0.5, help="share of captions naming only some factors")
+    p.add_argument("--vision-width", type=int, default=96)
+    p.add_argument("--vision-layers", type=int, default=3)
+    p.add_argument("--vision-heads", type=int, default=3)
+    p.add_argument("--text-width", type=int, default=32)
+    p.add_argument("--text-layers", type=int, default=3)
+    p.add_argument("--text-heads", type=int, default=1)
+    p.add_argument("--projection-dim", type=int, default=64)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--eval-samples", type=int, default=1000, help="held-out renders for the zero-shot eval")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = build_clip(args.vision_width, args.vision_layers, args.vision_heads, args.text_width,
+                       args.text_layers, args.text_heads, args.projection_dim)
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    model.train()
+    decay = [q for n, q in model.named_parameters() if q.ndim >= 2 and "embedding" not in n]
+    no_decay = [q for n, q in model.named_parameters() if not (q.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    eval_scenes, eval_images = heldout_eval_set(args.eval_samples)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "loss.csv", "w", newline="")
+    writer = csv.writer(log)
+    writer.writerow(["step", "loss", "logit_scale", "seconds"])
+    evals = open(args.out / "eval.csv", "w", newline="")
+    eval_writer = csv.writer(evals)
+    eval_writer.writerow(["step", "seconds", *ZERO_SHOT_PROMPTS])
+    rng = np.random.default_rng(args.seed)
+    budget = args.minutes * 60
+    start = time.time()
+    step = 0
+
+    def evaluate() -> dict[str, float]:
+        acc = zero_shot_accuracy(model, tokenizer, eval_images, eval_scenes)
+        eval_writer.writerow([step, f"{time.time() - start:.1f}", *(f"{acc[k]:.4f}" for k in ZERO_SHOT_PROMPTS)])
+        evals.flush()
+        print(f"step {step} zero-shot " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
+        return acc
+
+    while step < args.max_steps and time.time() - start < budget:
+        scenes = counterfactual_batch(args.batch_size, args.seed * 1_000_003 + step, args.group_size)
+        texts, named = make_captions(scenes, rng, args.partial_prob)
+        tok = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        out = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                    pixel_values=pixel_values(render_batch(scenes, 32)))
+        scale = model.logit_scale.exp().clamp(max=100.0)
+        loss = soft_clip_loss(out.text_embeds, out.image_embeds, scale, match_matrix(named, scenes))
+        frac = min(1.0, (time.time() - start) / budget)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        writer.writerow([step, f"{loss.item():.5f}", f"{scale.item():.2f}", f"{time.time() - start:.1f}"])
+        if step % 25 == 0:
+            log.flush()
+            print(f"step {step} loss {loss.item():.4f} scale {scale.item():.1f} lr {lr:.2e} "
+                  f"{time.time() - start:.0f}s", flush=True)
+        if step % args.save_every == 0:
+            save(args.out, model, processor)
+            evaluate()
+    seconds = time.time() - start
+    save(args.out, model, processor)
+    acc = evaluate()
+    log.close()
+    evals.close()
+    metrics = {
+        "steps": step, "seconds": round(seconds, 1), "batch_size": args.batch_size,
+        "zero_shot_accuracy": acc, "eval_split": "heldout", "eval_samples": args.eval_samples,
+        "prompts": ZERO_SHOT_PROMPTS, "logit_scale_eval": 100.0,
+        "parameters": sum(q.numel() for q in model.parameters()), "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"done: {step} steps in {seconds:.0f}s -> {args.out}; zero-shot shape {acc['shape']:.3f} "
+          f"fg {acc['fg']:.3f}", flush=True)
+    return model
+
+
+if __name__ == "__main__":
+    main()

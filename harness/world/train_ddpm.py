@@ -1,0 +1,134 @@
+"""Train the embedded unconditional pixel DDPM on the procedural world (the CelebA-HQ DDPM's stand-in).
+
+    python -m harness.world.train_ddpm --out checkpoints/world-ddpm --minutes 60
+
+Saves a diffusers directory (unet/ in safetensors, scheduler/, model_index.json) that loads through
+the same code path as google/ddpm-ema-celebahq-256, plus loss.csv and samples.png. The EMA weights
+are what is saved: on a short CPU budget they sample far better than the raw weights.
+Checkpoints are written every --save-every steps, so a stopped run leaves a usable model.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.world import render_batch, sample_scenes
+
+
+def build_unet(resolution: int):
+    from diffusers import UNet2DModel
+
+    # Attention with one head: the default 8-dim heads hit a slow CPU backward kernel (environment-notes §6).
+    return UNet2DModel(
+        sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=None,
+    )
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                         clip_sample=False, set_alpha_to_one=True, steps_offset=1)
+
+
+def batch_images(step: int, batch_size: int, resolution: int, seed: int) -> torch.Tensor:
+    scenes = sample_scenes(batch_size, seed=seed * 1_000_003 + step, split="train")
+    x = torch.from_numpy(render_batch(scenes, resolution)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def save(out: Path, ema, scheduler) -> None:
+    from diffusers import DDPMPipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    DDPMPipeline(unet=ema, scheduler=scheduler).save_pretrained(out, safe_serialization=True)
+
+
+@torch.no_grad()
+def sample_grid(ema, scheduler, n: int, steps: int, path: Path, seed: int = 0) -> None:
+    from PIL import Image
+
+    sched = copy.deepcopy(scheduler)
+    sched.set_timesteps(steps)
+    x = torch.randn((n, 3, ema.config.sample_size, ema.config.sample_size), generator=torch.Generator().manual_seed(seed))
+    for t in sched.timesteps:
+        x = sched.step(ema(x, t).sample, t, x).prev_sample
+    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    side = int(math.ceil(math.sqrt(n)))
+    r = img.shape[1]
+    grid = np.zeros((side * r, side * r, 3), dtype=np.uint8)
+    for i, im in enumerate(img):
+        grid[(i // side) * r:(i // side + 1) * r, (i % side) * r:(i % side + 1) * r] = im
+    Image.fromarray(grid).resize((side * r * 2, side * r * 2), Image.NEAREST).save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("checkpoints/world-ddpm"))
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=20000)
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    unet = build_unet(args.resolution).to(device)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    scheduler = build_scheduler()
+    alphas = scheduler.alphas_cumprod.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "loss.csv", "w", newline="")
+    writer = csv.writer(log)
+    writer.writerow(["step", "loss", "seconds"])
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    start = time.time()
+    step = 0
+    while step < args.max_steps and time.time() - start < args.minutes * 60:
+        x0 = batch_images(step, args.batch_size, args.resolution, args.seed).to(device)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=g).to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample, noise)
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for pe, pu in zip(ema.parameters(), unet.parameters()):
+                pe.mul_(decay).add_(pu.detach(), alpha=1 - decay)
+        step += 1
+        writer.writerow([step, f"{loss.item():.5f}", f"{time.time() - start:.1f}"])
+        if step % 50 == 0:
+            log.flush()
+            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+        if step % args.save_every == 0:
+            save(args.out, ema, scheduler)
+    save(args.out, ema, scheduler)
+    sample_grid(ema.cpu(), scheduler, 36, 50, args.out / "samples.png")
+    print(f"done: {step} steps in {time.time() - start:.0f}s -> {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Train the embedded text-conditional pixel model on the procedural world (Stable Diffusion's stand-in).
+
+    python -m harness.world.train_text2img --clip checkpoints/world-clip --out checkpoints/world-text2img \\
+        --minutes 70 --threads 1
+
+A UNet2DConditionModel on 32x32x3 pixels (no VAE), conditioned through cross-attention on the FROZEN text
+encoder of the world CLIP (train_clip.py): last hidden state, captions padded to 77 tokens, no attention
+mask, exactly as harness.diffusion.backbone.Backbone.encode_text computes it. 10% of the captions are
+replaced by "" so that classifier-free guidance works. epsilon-prediction, linear betas 1e-4..0.02 over
+1000 steps (the world DDPM's schedule). The EMA weights are what is saved.
+
+Output directory (Stable Diffusion's layout minus the VAE):
+
+    unet/          UNet2DConditionModel, config.json + diffusion_pytorch_model.safetensors (EMA weights)
+    scheduler/     DDIMScheduler config
+    text_encoder/  CLIPTextModel (config.json + model.safetensors), the CLIP's text tower, frozen
+    tokenizer/     CLIPTokenizer as vocab.json + merges.txt + tokenizer_config.json (model_max_length 77;
+                   the 3.6 MB tokenizer.json is left out to keep the checkpoint small)
+    model_index.json  "_class_name": "StableDiffusionPipeline", "vae": [null, null] (pixel space)
+    loss.csv, samples.png (+ samples.txt: the prompts, row by row), training.json
+
+Checkpoints are written every --save-every steps, so a stopped run leaves a usable model.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.world import caption, render_batch, sample_scenes
+
+ATTN_LEVELS = {
+    # cross-attention (self-attn + cross-attn + FF transformer, 1 head) at the 8x8 level and the mid block
+    1: (("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")),
+    # ... and also at 16x16 (about 1.7x the CPU cost per step)
+    2: (("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")),
+}
+
+
+def build_unet(cross_attention_dim: int, resolution: int = 32, attn_levels: int = 1,
+               block_out_channels: Sequence[int] = (32, 64, 64)):
+    from diffusers import UNet2DConditionModel
+
+    down, up = ATTN_LEVELS[attn_levels]
+    # In UNet2DConditionModel attention_head_dim is the number of heads; 1 head is fast on CPU (environment-notes §6).
+    return UNet2DConditionModel(
+        sample_size=resolution, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=tuple(block_out_channels), down_block_types=down, up_block_types=up,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=1, norm_num_groups=8,
+    )
+
+
+def build_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                         clip_sample=False, set_alpha_to_one=True, steps_offset=1)
+
+
+def load_text_tower(clip_dir: Path):
+    """The frozen text encoder (CLIPTextModel) and tokenizer of a train_clip.py checkpoint."""
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+    clip = CLIPModel.from_pretrained(clip_dir, local_files_only=True)
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())  # strict: every weight
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir, local_files_only=True)
+    return text_encoder.eval().requires_grad_(False), tokenizer
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """(B, 77, D) last hidden state, max-length padding and no attention mask (Stable Diffusion's convention)."""
+    tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+
+
+def batch(step: int, batch_size: int, resolution: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    scenes = sample_scenes(batch_size, seed=seed * 1_000_003 + step, split="train")
+    x = torch.from_numpy(render_batch(scenes, resolution)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0, [caption(s) for s in scenes]
+
+
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "feature_extractor": [None, None],
+    "image_encoder": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": [None, None],
+}
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """tokenizer_config.json + vocab.json + merges.txt (1.5 MB instead of tokenizer.json's 3.6 MB)."""
+    from harness.models import clip_tokenizer_dir
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(directory)
+    (directory / "tokenizer.json").unlink(missing_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(Path(clip_tokenizer_dir()) / name, directory / name)
+
+
+def save(out: Path, unet, scheduler, text_encoder, tokenizer) -> None:
+    """Write the pipeline directory; each part goes to a temporary folder first, then replaces the old one."""
+    import diffusers
+
+    out.mkdir(parents=True, exist_ok=True)
+    writers = {
+        "unet": lambda d: unet.save_pretrained(d, safe_serialization=True),
+        "scheduler": scheduler.save_pretrained,
+        "text_encoder": lambda d: text_encoder.save_pretrained(d, safe_serialization=True),
+        "tokenizer": lambda d: save_tokenizer(tokenizer, Path(d)),
+    }
+    for name, write in writers.items():
+        tmp = out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        shutil.rmtree(out / name, ignore_errors=True)
+        tmp.rename(out / name)
+    index = {"_class_name": MODEL_INDEX["_class_name"], "_diffusers_version": diffusers.__version__,
+             **{k: v for k, v in MODEL_INDEX.items() if k != "_class_name"}}
+    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+@torch.no_grad()
+def sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, guidance: float, steps: int,
+           seed: int = 0) -> torch.Tensor:
+    """DDIM (eta 0) with classifier-free guidance; uint8 (B, R, R, 3) images."""
+    sched = copy.deepcopy(scheduler)
+    sched.set_timesteps(steps)
+    n, size = cond.shape[0], unet.config.sample_size
+    x = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
+    context = torch.cat([uncond.expand(n, -1, -1), cond])
+    for t in sched.timesteps:
+        eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample.chunk(2)
+        x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def save_grid(images: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    n, r = images.shape[0], images.shape[1]
+    side = int(math.ceil(math.sqrt(n)))
+    grid = np.zeros((side * r, side * r, 3), dtype=np.uint8)
+    for i, im in enumerate(images):
+        grid[(i // side) * r:(i // side + 1) * r, (i % side) * r:(i % side + 1) * r] = im
+    Image.fromarray(grid).resize((side * r * 2, side * r * 2), Image.NEAREST).save(path)
+
+
+def sample_grid(unet, scheduler, text_encoder, tokenizer, out: Path, n: int = 16, guidance: float = 5.0,
+                steps: int = 50) -> None:
+    scenes = sample_scenes(n, seed=7, split="heldout")
+    prompts = [caption(s) for s in scenes]
+    images = sample(unet, scheduler, encode_prompts(text_encoder, tokenizer, prompts),
+                    encode_prompts(text_encoder, tokenizer, [""]), guidance, steps).numpy()
+    save_grid(images, out / "samples.png")
+    side = int(math.ceil(math.sqrt(n)))
+    (out / "samples.txt").write_text(
+        f"held-out captions, CFG {guidance}, {steps} DDIM steps, {side} per row\n" + "\n".join(prompts) + "\n")
+
+
+def main(argv: list[str] | None = None):
+    """Train and save; returns (EMA UNet, text encoder, tokenizer)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clip", type=Path, default=Path("checkpoints/world-clip"), help="train_clip.py output")
+    p.add_argument("--out", type=Path, default=Path("checkpoints/world-text2img"))
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--attn-levels", type=int, default=1, choices=sorted(ATTN_LEVELS))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--max-steps", type=int, default=20000)
+    p.add_argument("--minutes", type=float, default=70.0, help="wall-clock budget")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--uncond-prob", type=float, default=0.1, help="caption dropout to '' (for CFG)")
+    p.add_argument("--save-every", type=int, default=300)
+    p.add_argument("--sample-every-save", action="store_true", help="also refresh samples.png at every save")
+    p.add_argument("--samples", type=int, default=16, help="images in samples.png (0: none)")
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for samples.png")
+    p.add_argument("--sample-guidance", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    text_encoder, tokenizer = load_text_tower(args.clip)
+    text_encoder = text_encoder.to(device)
+    unet = build_unet(text_encoder.config.hidden_size, args.resolution, args.attn_levels).to(device)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    scheduler = build_scheduler()
+    alphas = scheduler.alphas_cumprod.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "loss.csv", "w", newline="")
+    writer = csv.writer(log)
+    writer.writerow(["step", "loss", "seconds"])
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    start = time.time()
+    step = 0
+
+    def checkpoint() -> None:
+        save(args.out, ema, scheduler, text_encoder, tokenizer)
+        info = {"steps": step, "seconds": round(time.time() - start, 1),
+                "parameters_unet": sum(q.numel() for q in ema.parameters()),
+                "clip": str(args.clip), "args": {k: str(v) for k, v in vars(args).items()}}
+        (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(f"saved step {step} -> {args.out}", flush=True)
+
+    while step < args.max_steps and time.time() - start < args.minutes * 60:
+        x0, prompts = batch(step, args.batch_size, args.resolution, args.seed)
+        drop = torch.rand(len(prompts), generator=g) < args.uncond_prob
+        prompts = ["" if d else text for d, text in zip(drop.tolist(), prompts)]
+        context = encode_prompts(text_encoder, tokenizer, prompts)
+        x0 = x0.to(device)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=g).to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=context).sample
+        loss = F.mse_loss(pred, noise)
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for pe, pu in zip(ema.parameters(), unet.parameters()):
+                pe.mul_(decay).add_(pu.detach(), alpha=1 - decay)
+        step += 1
+        writer.writerow([step, f"{loss.item():.5f}", f"{time.time() - start:.1f}"])
+        if step % 50 == 0:
+            log.flush()
+            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+        if step % args.save_every == 0:
+            checkpoint()
+            if args.sample_every_save and args.samples:
+                sample_grid(ema, scheduler, text_encoder, tokenizer, args.out, args.samples, args.sample_guidance,
+                            args.sample_steps)
+    if step % args.save_every:
+        checkpoint()
+    log.close()
+    if args.samples:
+        sample_grid(ema.cpu(), scheduler, text_encoder.cpu(), tokenizer, args.out, args.samples,
+                    args.sample_guidance, args.sample_steps)
+    print(f"done: {step} steps in {time.time() - start:.0f}s -> {args.out}", flush=True)
+    return ema, text_encoder, tokenizer
+
+
+if __name__ == "__main__":
+    main()

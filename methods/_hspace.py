@@ -1,0 +1,174 @@
+"""h-space pieces the Haas et al. (FG 2024) methods share: trajectories of h, streaming PCA, projections.
+
+- `sample_seeds`, `record_batches`: draw N fresh samples in batches with the run's sampler (fixed z's for
+  η > 0, the item's prompt and CFG for text models) and record h_{T:1} (the conditional half) with the
+  shared `denoise` + `Trace`; optionally decode the images too.
+- `TimestepIPCA`: one incremental PCA per timestep, fed batch by batch (sklearn IncrementalPCA's update,
+  Ross et al. 2008, written in torch): the state is the running mean, the sample count and a rank-r
+  sketch diag(s)·Vᵀ of the centred data, so memory is O(T·r·d) whatever N is. Each update takes the thin
+  SVD of [diag(s)Vᵀ; X_b − mean_b; sqrt(n·b/(n+b))·(mean − mean_b)]. With r ≥ N (or data of rank ≤ r)
+  nothing is ever truncated and the result equals the full SVD of the centred stacked matrix.
+- `align_signs`: Haas et al.'s sign alignment across timesteps (flip u_{j,t} if ⟨u_{j,0}, u_{j,t}⟩ < 0).
+- `flatten_trajectory`, `project_out`: inner products over the whole flattened h_{T:1} and eq. (12)
+  solved through the normal equations (the projector is never formed).
+- `edit_with_deltas`: the unedited and the edited image of each request, Δh_t given per request and step.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+from harness.config import SamplerConfig
+from harness.diffusion import Schedule, Trace, denoise, initial_noise, make_condition
+from harness.diffusion.backbone import Backbone
+from harness.hashing import stable_seed
+from harness.suites import Suite, SuiteItem
+from methods.base import EditOutput, EditRequest
+from methods._common import generate, pairs
+
+
+# -- which prompt a direction belongs to --------------------------------------------------------
+
+def prompt_key(backbone: Backbone, item: SuiteItem) -> str:
+    """Directions of text models are learned per prompt (h depends on it); unconditional ones share one."""
+    return item.prompt if backbone.family == "text" else ""
+
+
+def prompt_groups(backbone: Backbone, suite: Suite) -> dict[str, list[SuiteItem]]:
+    """The suite's items grouped by `prompt_key`, in first-seen order."""
+    groups: dict[str, list[SuiteItem]] = {}
+    for item in suite.items:
+        groups.setdefault(prompt_key(backbone, item), []).append(item)
+    return groups
+
+
+# -- recording h_{T:1} ---------------------------------------------------------------------------
+
+def sample_seeds(seed: int, n: int, tag: str) -> list[int]:
+    """n noise seeds for a preparation pass, from stable hashes (never from a global RNG stream)."""
+    return [stable_seed(tag, seed, i) for i in range(n)]
+
+
+def record_batches(backbone: Backbone, seeds: Sequence[int], sampler: SamplerConfig, prompt: str = "",
+                   batch_size: int = 16, decode: bool = False, record_h: bool = True
+                   ) -> Iterator[tuple[slice, torch.Tensor | None, torch.Tensor | None]]:
+    """Yield (positions in `seeds`, h (B, T, *h) float32 or None, images (B, 3, H, W) or None) per batch.
+
+    Each sample starts from its own seed's x_T and z_{T:1} (`initial_noise`), whatever batch it is in (the
+    trajectory itself may differ across batchings by kernel rounding). h is the unshifted mid-block output
+    of the conditional half.
+    """
+    schedule = Schedule.from_backbone(backbone, sampler.num_steps)
+    for start in range(0, len(seeds), batch_size):
+        chunk = list(seeds[start:start + batch_size])
+        x_T, noises = initial_noise(chunk, backbone.state_shape(), sampler.num_steps, sampler.eta,
+                                    device=backbone.device)
+        cond = make_condition(backbone, [prompt] * len(chunk), sampler.guidance_scale)
+        trace = Trace(record_x=False, record_h=record_h)
+        x0 = denoise(backbone, x_T, schedule, cond, eta=sampler.eta, noises=noises, trace=trace)
+        hs = torch.stack(trace.hs, dim=1) if record_h else None
+        images = backbone.decode(x0) if decode else None
+        yield slice(start, start + len(chunk)), hs, images
+
+
+# -- incremental PCA per timestep -------------------------------------------------------------------
+
+def _flip_signs(vt: torch.Tensor) -> torch.Tensor:
+    """Deterministic sign of each row: its largest-magnitude entry is positive (sklearn's svd_flip)."""
+    idx = vt.abs().argmax(dim=-1, keepdim=True)
+    signs = torch.sign(vt.gather(-1, idx))
+    signs[signs == 0] = 1
+    return vt * signs
+
+
+class TimestepIPCA:
+    """Incremental PCA of T separate d-dimensional data sets, updated with batches X of shape (T, b, d).
+
+    sketch_rank: rows of diag(s)Vᵀ kept between updates (sklearn keeps n_components). Exact (equal to
+    the full SVD of the centred data) as long as the data seen so far has rank ≤ sketch_rank.
+    """
+
+    def __init__(self, sketch_rank: int, dtype: torch.dtype = torch.float64) -> None:
+        if sketch_rank < 1:
+            raise ValueError(f"sketch_rank must be >= 1, got {sketch_rank}")
+        self.sketch_rank = sketch_rank
+        self.dtype = dtype
+        self.n_seen = 0
+        self.mean: torch.Tensor | None = None        # (T, d)
+        self.components: torch.Tensor | None = None  # (T, r, d), rows orthonormal
+        self.singular_values: torch.Tensor | None = None  # (T, r), descending
+
+    def partial_fit(self, x: torch.Tensor) -> "TimestepIPCA":
+        x = x.to(self.dtype)
+        if x.dim() != 3 or x.shape[1] == 0:
+            raise ValueError(f"expected a batch of shape (T, b>0, d), got {tuple(x.shape)}")
+        b = x.shape[1]
+        batch_mean = x.mean(dim=1)
+        centred = x - batch_mean[:, None]
+        if self.n_seen == 0:
+            stacked, new_mean = centred, batch_mean
+        else:
+            n = self.n_seen
+            new_mean = self.mean + (batch_mean - self.mean) * (b / (n + b))
+            correction = ((n * b / (n + b)) ** 0.5 * (self.mean - batch_mean))[:, None]
+            sketch = self.singular_values[..., None] * self.components
+            stacked = torch.cat([sketch, centred, correction], dim=1)
+        comps, svals = [], []
+        for t in range(stacked.shape[0]):  # one thin SVD per timestep keeps the memory at one (rows, d) matrix
+            _, s, vt = torch.linalg.svd(stacked[t], full_matrices=False)
+            r = min(self.sketch_rank, s.shape[0])
+            comps.append(_flip_signs(vt[:r]))
+            svals.append(s[:r])
+        self.components, self.singular_values = torch.stack(comps), torch.stack(svals)
+        self.mean, self.n_seen = new_mean, self.n_seen + b
+        return self
+
+
+def align_signs(u: torch.Tensor) -> torch.Tensor:
+    """u: (k, T, ...) unit vectors per component and step. Flip u_{j,t} where ⟨u_{j,0}, u_{j,t}⟩ < 0."""
+    flat = u.reshape(u.shape[0], u.shape[1], -1)
+    ip = (flat[:, :1] * flat).sum(dim=-1)
+    signs = torch.where(ip < 0, -1.0, 1.0).to(u.dtype)
+    return u * signs.view(*signs.shape, *([1] * (u.dim() - 2)))
+
+
+# -- whole-trajectory geometry ---------------------------------------------------------------------
+
+def flatten_trajectory(v: torch.Tensor) -> torch.Tensor:
+    """(T, *h) -> (T·d,): the vector whose inner products eq. (12) uses (all timesteps jointly)."""
+    return v.reshape(-1)
+
+
+def project_out(v0: torch.Tensor, removed: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eq. (12): v = [I − V(VᵀV)⁻¹Vᵀ] v0 over the flattened trajectories, not renormalised.
+
+    Solves the normal equations (VᵀV) c = Vᵀv0 in float64 and returns v0 − V c in v0's shape and dtype.
+    A least-squares solve keeps it defined when some removed directions are linearly dependent.
+    """
+    if not removed:
+        return v0.clone()
+    a = flatten_trajectory(v0).double().cpu()
+    vmat = torch.stack([flatten_trajectory(v).double().cpu() for v in removed], dim=1)  # (D, k)
+    gram = vmat.T @ vmat
+    coef = torch.linalg.lstsq(gram, (vmat.T @ a)[:, None], driver="gelsd").solution[:, 0]
+    out = a - vmat @ coef
+    return out.reshape(v0.shape).to(device=v0.device, dtype=v0.dtype)
+
+
+# -- applying per-step directions -------------------------------------------------------------------
+
+def edit_with_deltas(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig,
+                     deltas: torch.Tensor, injection: str = "plain",
+                     info: Sequence[dict] | None = None) -> list[EditOutput]:
+    """Unedited and edited images; deltas (B, T, *h) hold each request's Δh_t (strength included).
+
+    A zero Δh (strength 0) adds exact zeros, so that image equals the unedited one byte for byte.
+    """
+    if deltas.shape[1] != sampler.num_steps:
+        raise ValueError(f"directions have {deltas.shape[1]} steps but the sampler runs {sampler.num_steps}; "
+                         "prepare and edit must use the same sampler")
+    deltas = deltas.to(backbone.device)
+    originals = generate(backbone, requests, sampler)
+    edited = generate(backbone, requests, sampler, delta_h=lambda i: deltas[:, i], injection=injection)
+    return pairs(originals, edited, info)

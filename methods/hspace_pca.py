@@ -1,0 +1,153 @@
+"""h-space PCA (Haas et al., FG 2024, Sec. IV-A; methods-spec §3, §9 items 16–17).
+
+prepare: draw N fresh samples with the run's sampler (the paper uses η = 1; η > 0 uses each sample's fixed
+z_{T:1}; text models use the item's prompt with CFG and record h of the conditional half), record h_t at
+every step and fit one PCA per step. The PCA is incremental (`_hspace.TimestepIPCA`: sklearn
+IncrementalPCA's update in torch, the official code's choice), so N is bounded by time, not memory: it
+keeps a mean and a rank-`sketch_rank` sketch per step, never a d×d covariance (d = 32768 for the
+CelebA-HQ DDPM). Each PC's sign is fixed at the first step (largest entry positive) and then aligned
+across steps: u_{j,t} is flipped where ⟨u_{j,0}, u_{j,t}⟩ < 0 (spec §3 step 3). Text models get one PCA
+per distinct item prompt.
+
+edit: Δh_t = γ · σ_{j,t} · u_{j,t} at every step (γ = the request's strength), with σ = s/sqrt(N−1)
+(the per-step standard deviation along the PC; "std") or the raw singular value s ("singular_values",
+the incremental_pca.py path, sqrt(N−1) times larger). The random-direction control (Fig. 4b) replaces
+u_{j,t} by a random unit direction per step, so ‖Δh_t‖ is the same as the PC edit's.
+
+Options:
+- n_samples (int, 500): N, the samples the PCA is fitted on (README demo 500; incremental_pca.py 50000).
+- n_components (int, 10): PCs kept per step.
+- component (int, 0): PC index j used for every item ...
+- components (dict attribute -> int, {}): ... unless the item's attribute is mapped here.
+- normalisation ("std" | "singular_values", "std"): σ_{j,t} = s/sqrt(N−1), or s (spec §9.17).
+- random_control (bool, false): edit along random directions instead, with the PC's per-step norm
+  (one Gaussian direction per step, drawn once in prepare from the preparation seed).
+- injection ("plain" | "asyrp", "plain"): how Δh enters the DDIM step (the paper uses plain).
+- batch_size (int, 16): samples denoised together while recording h.
+- fit_batch_size (int, 100): rows gathered before each incremental-PCA update (official code: 1000).
+- sketch_rank (int or null, null = n_components as sklearn): rank kept between updates; exact when the
+  data seen has rank ≤ sketch_rank (e.g. sketch_rank ≥ n_samples).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+
+from harness.config import SamplerConfig
+from harness.diffusion import h_shape
+from harness.diffusion.backbone import Backbone
+from harness.errors import ConfigError
+from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
+from methods._hspace import (
+    TimestepIPCA, align_signs, edit_with_deltas, prompt_groups, prompt_key, record_batches, sample_seeds,
+)
+
+
+@dataclass(frozen=True)
+class HSpacePCAOptions:
+    n_samples: int = 500
+    n_components: int = 10
+    component: int = 0
+    components: dict[str, int] = field(default_factory=dict)
+    normalisation: Literal["std", "singular_values"] = "std"
+    random_control: bool = False
+    injection: Literal["plain", "asyrp"] = "plain"
+    batch_size: int = 16
+    fit_batch_size: int = 100
+    sketch_rank: int | None = None
+
+    def validate(self, prefix: str) -> None:
+        for name in ("n_samples", "n_components", "batch_size", "fit_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
+        if self.n_samples < 2:
+            raise ConfigError(f"{prefix}.n_samples", self.n_samples, "an integer >= 2", "PCA needs 2 samples")
+        for key, j in [("component", self.component)] + [(f"components.{a}", j) for a, j in self.components.items()]:
+            if not 0 <= j < self.n_components:
+                raise ConfigError(f"{prefix}.{key}", j, f"an integer in [0, {self.n_components - 1}]",
+                                  "raise n_components to use a later PC")
+        if self.sketch_rank is not None and self.sketch_rank < self.n_components:
+            raise ConfigError(f"{prefix}.sketch_rank", self.sketch_rank, f"null or an integer >= n_components")
+
+
+def fit_pca(backbone: Backbone, seeds: Sequence[int], sampler: SamplerConfig, prompt: str,
+            opts: HSpacePCAOptions) -> TimestepIPCA:
+    """Stream the samples' h_{T:1} into one incremental PCA per step."""
+    ipca = TimestepIPCA(opts.sketch_rank or opts.n_components)
+    buffer: list[torch.Tensor] = []
+    rows = 0
+    for _, hs, _ in record_batches(backbone, seeds, sampler, prompt, opts.batch_size):
+        buffer.append(hs.flatten(2).transpose(0, 1))  # (T, B, d)
+        rows += hs.shape[0]
+        if rows >= opts.fit_batch_size:
+            ipca.partial_fit(torch.cat(buffer, dim=1))
+            buffer, rows = [], 0
+    if buffer:
+        ipca.partial_fit(torch.cat(buffer, dim=1))
+    return ipca
+
+
+def pca_state(ipca: TimestepIPCA, shape: tuple[int, ...], n_components: int) -> dict:
+    """Sign-aligned unit PCs (k, T, *h) and their singular values (k, T) from a fitted IPCA."""
+    k = min(n_components, ipca.components.shape[1])
+    u = align_signs(ipca.components[:, :k].transpose(0, 1))  # (k, T, d)
+    return {
+        "components": u.reshape(k, u.shape[1], *shape).float().cpu(),
+        "singular_values": ipca.singular_values[:, :k].T.contiguous().cpu(),
+        "n_samples": ipca.n_seen,
+    }
+
+
+def step_scales(group: dict, j: int, normalisation: str) -> torch.Tensor:
+    """σ_{j,t} for every step: s/sqrt(N−1) ("std") or s ("singular_values"), shape (T,)."""
+    s = group["singular_values"][j]
+    return s / (group["n_samples"] - 1) ** 0.5 if normalisation == "std" else s
+
+
+@register_method("hspace-pca")
+class HSpacePCA(EditMethod):
+    Options = HSpacePCAOptions
+    needs_prepare = True
+
+    def prepare(self, backbone: Backbone, ctx: PrepareContext) -> dict:
+        opts = self.options
+        for attr in opts.components:
+            if attr not in ctx.suite.attributes:
+                raise ConfigError("options.components", attr, sorted(ctx.suite.attributes),
+                                  f"no such attribute in suite {ctx.suite.name!r}")
+        shape = h_shape(backbone)
+        seeds = sample_seeds(ctx.seed, opts.n_samples, "hspace-pca")
+        groups = {key: pca_state(fit_pca(backbone, seeds, ctx.sampler, key, opts), shape, opts.n_components)
+                  for key in prompt_groups(backbone, ctx.suite)}
+        state = {"groups": groups, "num_steps": ctx.sampler.num_steps}
+        if opts.random_control:
+            g = torch.Generator().manual_seed(ctx.seed)
+            r = torch.randn((ctx.sampler.num_steps, *shape), generator=g, dtype=torch.float64)
+            r = r / r.flatten(1).norm(dim=1).view(-1, *([1] * len(shape)))
+            state["random"] = r.float()
+        return state
+
+    def deltas(self, state: dict, requests: Sequence[EditRequest], backbone: Backbone) -> tuple[torch.Tensor, list]:
+        """Δh_{T:1} of each request (B, T, *h), strength included, and the rows' diagnostics."""
+        opts = self.options
+        out, info = [], []
+        for r in requests:
+            group = state["groups"][prompt_key(backbone, r.item)]
+            j = opts.components.get(r.item.attribute, opts.component)
+            if j >= group["components"].shape[0]:
+                raise ValueError(f"component {j} requested but only {group['components'].shape[0]} PCs exist "
+                                 f"(n_samples={group['n_samples']})")
+            unit = state["random"] if opts.random_control else group["components"][j]
+            sigma = step_scales(group, j, opts.normalisation)
+            d = (r.strength * sigma).float().view(-1, *([1] * (unit.dim() - 1))) * unit
+            out.append(d)
+            info.append({"component": j, "random_control": opts.random_control,
+                         "mean_step_norm": float(d.flatten(1).norm(dim=1).mean())})
+        return torch.stack(out), info
+
+    def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
+             sampler: SamplerConfig) -> list[EditOutput]:
+        deltas, info = self.deltas(state, requests, backbone)
+        return edit_with_deltas(backbone, requests, sampler, deltas, self.options.injection, info)

@@ -1,0 +1,173 @@
+"""Injected faults: every unit ends exactly once, done or failed with a reason; done images match an undisturbed run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness.config import run_config_from_dict
+from harness.runner import execute, plan
+from harness.store import RunStore
+from methods.base import EditMethod, EditOutput, register_method
+from tests.conftest import tiny_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def small(tmp_path: Path, run_id: str, **executor) -> dict:
+    return tiny_run(tmp_path, run_id=run_id, models=["tiny-unet"], seeds=2,
+                    methods=[{"name": "random-direction", "options": {"scale": 5.0}}],
+                    executor={"batch_size": 2, "kind": "inprocess", **executor})
+
+
+def run(raw: dict):
+    summary = execute(plan(run_config_from_dict(raw)), progress=False)
+    return RunStore(Path(summary.run_dir)), summary
+
+
+def images(store: RunStore) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (store.root / "images").rglob("*.png")}
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    store, summary = run(small(tmp_path_factory.mktemp("ref"), "ref"))
+    assert summary.done == 4
+    return store
+
+
+@pytest.fixture(scope="module")
+def undisturbed_batch1(tmp_path_factory):
+    """Units recovered by splitting a batch ran at batch size 1; CPU kernels are not batch-size invariant."""
+    store, summary = run(small(tmp_path_factory.mktemp("ref1"), "ref1", batch_size=1))
+    assert summary.done == 4
+    return store
+
+
+def assert_exactly_once(store: RunStore, n: int = 4):
+    rows = store.read_rows()
+    assert len(rows) == n and rows["unit_key"].is_unique
+    assert rows.loc[rows.status != "done", "error"].notna().all()
+    return rows
+
+
+def assert_done_images_match(store: RunStore, reference: RunStore, reference_batch1: RunStore | None = None) -> None:
+    """Done units equal the undisturbed run's bytes; units re-run alone equal an undisturbed batch-size-1 run."""
+    got = images(store)
+    rows = store.read_rows()
+    recovered = {k for k, info in zip(rows.unit_key, rows["info"]) if isinstance(info, str) and "recovery" in json.loads(info)}
+    assert got
+    for name, data in got.items():
+        ref = reference_batch1 if name.split(".")[0] in recovered else reference
+        assert ref is not None, f"{name} was recovered but no batch-1 reference was given"
+        assert data == images(ref)[name], name
+
+
+def test_exception_in_one_unit_is_retried_then_recorded(tmp_path, undisturbed, undisturbed_batch1, monkeypatch) -> None:
+    bad = undisturbed.read_rows()["unit_key"].iloc[0]
+    monkeypatch.setenv("HARNESS_FAULTS", json.dumps({"raise_on": [bad]}))
+    store, summary = run(small(tmp_path, "raise"))
+    rows = assert_exactly_once(store)
+    failed = rows[rows.status == "failed"]
+    assert list(failed.unit_key) == [bad] and "injected fault" in failed.error.iloc[0]
+    assert summary.done == 3
+    assert_done_images_match(store, undisturbed, undisturbed_batch1)
+
+
+def test_out_of_memory_halves_the_batch(tmp_path, undisturbed, undisturbed_batch1, monkeypatch) -> None:
+    monkeypatch.setenv("HARNESS_FAULTS", json.dumps({"oom_batch_gt": 1}))
+    store, summary = run(small(tmp_path, "oom"))
+    rows = assert_exactly_once(store)
+    assert (rows.status == "done").all()
+    assert all("out-of-memory" in json.loads(i)["recovery"] for i in rows["info"])
+    assert_done_images_match(store, undisturbed, undisturbed_batch1)
+
+
+def test_nan_image_is_a_failed_unit_with_reason(tmp_path) -> None:
+    @register_method("test-nan")
+    class NaNMethod(EditMethod):
+        def edit(self, backbone, state, requests, sampler):
+            img = torch.zeros(3, 32, 32)
+            return [EditOutput(img, img * float("nan") if r.strength > 0 else img) for r in requests]
+
+    raw = small(tmp_path, "nan", )
+    raw["methods"] = [{"name": "test-nan", "strengths": [0.0, 1.0]}]
+    store, summary = run(raw)
+    rows = assert_exactly_once(store, 8)
+    assert set(rows[rows.strength > 0].error) == {"non-finite values (NaN/inf) in the method's output image"}
+    assert (rows[rows.strength == 0].status == "done").all()
+
+
+def test_empty_and_too_long_prompts_fail_their_units_only(tmp_path) -> None:
+    suite = tmp_path / "bad_prompts.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "bad_prompts", "version": 1, "attributes": {"a": {"positive": "p", "negative": "n"}},
+        "items": [{"id": "ok", "attribute": "a", "prompt": "a red circle", "target_prompt": "a blue circle"},
+                  {"id": "empty", "attribute": "a", "prompt": "  ", "target_prompt": "x"},
+                  {"id": "long", "attribute": "a", "prompt": "circle " * 100, "target_prompt": "x"}]}))
+    raw = tiny_run(tmp_path, run_id="prompts", models=["tiny-sd"], suites=[str(suite)], items=None, seeds=1,
+                   methods=[{"name": "sd"}], executor={"kind": "inprocess", "batch_size": 3})
+    store, summary = run(raw)
+    rows = assert_exactly_once(store, 3).set_index("item_id")
+    assert rows.loc["ok", "status"] == "done"
+    assert "empty prompt" in rows.loc["empty", "error"]
+    assert "longer than the text encoder" in rows.loc["long", "error"]
+
+
+def test_truncated_shard_is_redone(tmp_path, undisturbed) -> None:
+    raw = small(tmp_path, "trunc")
+    store, _ = run(raw)
+    shard = sorted(store.shard_dir.glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    store, summary = run(raw)
+    assert summary.skipped_batches == 1
+    assert_exactly_once(store)
+    assert images(store) == images(undisturbed)
+
+
+def test_concurrent_run_on_same_run_id_is_refused(tmp_path) -> None:
+    raw = small(tmp_path, "conc")
+    raw["seeds"] = 6
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "harness", "run", str(cfg), "--no-progress"]
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = tmp_path / "conc" / "run.lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
+        time.sleep(0.05)
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=300) == 0
+    assert second.returncode == 2 and "in use" in second.stderr
+    assert_exactly_once(RunStore(tmp_path / "conc"), 12)
+
+
+@pytest.mark.ray
+def test_killed_ray_worker_is_replaced_and_its_batch_resubmitted(ray_session, tmp_path, undisturbed, monkeypatch) -> None:
+    victim = undisturbed.read_rows()["unit_key"].iloc[2]
+    monkeypatch.setenv("HARNESS_FAULTS", json.dumps({"kill_on": victim}))
+    store, summary = run(small(tmp_path, "killw", kind="ray", num_workers=2))
+    rows = assert_exactly_once(store)
+    assert (rows.status == "done").all()
+    assert (store.root / f".fault-killed-{victim}").exists()
+    assert images(store) == images(undisturbed)
+
+
+@pytest.mark.ray
+def test_hung_unit_times_out_and_is_recorded(ray_session, tmp_path, undisturbed, monkeypatch) -> None:
+    victim = undisturbed.read_rows()["unit_key"].iloc[0]
+    monkeypatch.setenv("HARNESS_FAULTS", json.dumps({"hang_on": victim}))
+    store, summary = run(small(tmp_path, "hang", kind="ray", num_workers=1, unit_timeout_s=30.0))
+    rows = assert_exactly_once(store)
+    timed_out = rows[rows.status == "failed"]
+    assert victim in set(timed_out.unit_key) and timed_out.error.str.contains("timed out").all()
+    assert (rows.status == "done").sum() >= 2
+    assert_done_images_match(store, undisturbed)
