@@ -4,7 +4,9 @@
     harness status RUN_DIR
     harness methods | suites | models
     harness metrics RUN_DIR
-    harness report RUN_DIR
+    harness report RUN… [--format md|tex|csv|parquet|html] [--sort METRIC] [--out PATH]
+    harness leaderboard RUN… [--format md|tex|csv|parquet] [--sort METRIC] [--out PATH]
+    harness paper-tables RUN [--table svd|hspace] [--format md|tex] [--strength S] [--out PATH]
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.config import load_run_config
-    from harness.report import write_leaderboard
+    from harness.reports import write_leaderboard
     from harness.runner import execute, plan
 
     overrides = list(args.overrides)
@@ -40,6 +42,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[harness] run {config.run_id}: {p.num_units} units in {len(p.batches)} batches, "
           f"{len(p.prepares)} prepare job(s) -> {config.run_dir}", flush=True)
     summary = execute(p, progress=not args.no_progress)
+    if config.metrics and summary.done:
+        from harness.evaluation import run_metrics
+
+        print(f"[harness] metrics: {run_metrics(summary.run_dir, config.metrics)}", flush=True)
     board = write_leaderboard(summary.run_dir)
     print(f"[harness] {summary.done}/{summary.units} units done, {summary.failed} failed "
           f"({summary.skipped_batches} batches already done; executor: {summary.executor})")
@@ -92,14 +98,92 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    raise HarnessError("`harness metrics` is not implemented yet (issue 4: metrics stage)")
+    """Metrics of a stored run, with its config's `metrics:` section changed by `metrics.x=y` overrides."""
+    import yaml
+
+    from harness.config import apply_overrides
+    from harness.evaluation import preflight, run_metrics
+    from harness.reports import write_leaderboard
+    from harness.store import RunStore
+
+    store = RunStore(Path(args.run_dir))
+    if not store.exists():
+        raise HarnessError(f"{args.run_dir} is not a run directory (no config.yaml)")
+    saved = store.root / "metrics" / "config.yaml"
+    raw = {"metrics": yaml.safe_load(saved.read_text()) if saved.is_file() else {}}
+    bad = [o for o in args.overrides if not o.startswith("metrics.")]
+    if bad:
+        raise HarnessError(f"only metrics.* overrides apply to `harness metrics`, got {bad[0]!r}")
+    metrics_raw = apply_overrides(raw, list(args.overrides)).get("metrics") or {}
+    preflight(metrics_raw)
+    print(f"[harness] metrics: {run_metrics(store.root, metrics_raw)}")
+    print(f"[harness] leaderboard: {write_leaderboard(store.root)}")
+    return 0
+
+
+def _emit(text: str | bytes, out: str | None) -> None:
+    if out is None:
+        print(text, end="" if str(text).endswith("\n") else "\n")
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_bytes(text if isinstance(text, bytes) else text.encode())
+    print(f"[harness] wrote {out}")
+
+
+def _table_output(runs: list, fmt: str, sort: str | None, out: str | None, default_parquet: Path | None) -> None:
+    import io
+
+    from harness.reports import build_leaderboard, render_leaderboard, runs_title
+
+    board = build_leaderboard(runs, sort)
+    if fmt == "parquet":
+        target = out or default_parquet
+        if target is None:
+            raise HarnessError("--format parquet over several runs needs --out PATH")
+        buf = io.BytesIO()
+        board.to_frame().to_parquet(buf, index=False)
+        _emit(buf.getvalue(), str(target))
+        return
+    _emit(render_leaderboard(board, fmt, runs_title(runs) if fmt != "csv" else ""), out)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import write_leaderboard
+    """Leaderboard of runs; with one run and md (the default) also results/<run>/leaderboard.md; html per run."""
+    from harness.reports import load_runs, write_leaderboard
+    from harness.reports.html import write_html_report
 
-    path = write_leaderboard(args.run_dir)
-    print(path.read_text())
+    runs = load_runs(args.run_dirs)
+    if args.format == "html":
+        if args.out:
+            raise HarnessError("--format html writes results/<run>/report.html (its images are linked relative "
+                               "to the run directory); leave out --out")
+        for run in runs:
+            print(f"[harness] report: {write_html_report(run.root, args.sort, args.max_samples)}")
+        return 0
+    if args.format == "md" and len(runs) == 1 and not args.out:
+        print(write_leaderboard(runs[0].root, args.sort).read_text(), end="")
+        return 0
+    default = runs[0].root / "leaderboard.parquet" if len(runs) == 1 else None
+    _table_output(runs, args.format, args.sort, args.out, default)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """One table over any set of runs, printed (or --out); writes nothing into the runs."""
+    from harness.reports import load_runs
+
+    if args.format == "parquet" and not args.out:
+        raise HarnessError("--format parquet needs --out PATH")
+    _table_output(load_runs(args.run_dirs), args.format, args.sort, args.out, None)
+    return 0
+
+
+def cmd_paper_tables(args: argparse.Namespace) -> int:
+    from harness.reports import load_run
+    from harness.reports.paper_tables import TABLES, paper_tables, render_paper_tables
+
+    tables = paper_tables(load_run(args.run_dir), [args.table] if args.table else TABLES, args.strength)
+    _emit(render_paper_tables(tables, args.format), args.out)
     return 0
 
 
@@ -121,10 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"list registered {name}").set_defaults(func=cmd_list)
     metrics = sub.add_parser("metrics", help="compute metrics of a run")
     metrics.add_argument("run_dir")
+    metrics.add_argument("overrides", nargs="*", help="metrics.* overrides, e.g. metrics.fid.backbone=random-test")
     metrics.set_defaults(func=cmd_metrics)
-    report = sub.add_parser("report", help="leaderboard of a run")
-    report.add_argument("run_dir")
-    report.set_defaults(func=cmd_report)
+    for name, text in (("report", "leaderboard of runs (md/tex/csv/parquet) or a run's static HTML report"),
+                       ("leaderboard", "one leaderboard over any set of runs (writes nothing into them)")):
+        board = sub.add_parser(name, help=text)
+        board.add_argument("run_dirs", nargs="+", metavar="RUN")
+        formats = ["md", "tex", "csv", "parquet"] + (["html"] if name == "report" else [])
+        board.add_argument("--format", choices=formats, default="md")
+        board.add_argument("--sort", help="order rows by this metric or column, best first (e.g. lpips, fid)")
+        board.add_argument("--out", help="write to this file instead of stdout")
+        if name == "report":
+            board.add_argument("--max-samples", type=int, default=8, help="html: samples per image grid")
+        board.set_defaults(func=cmd_report if name == "report" else cmd_leaderboard)
+    paper = sub.add_parser("paper-tables", help="the SVD paper's Table 1 and the h-space paper's Table I beside "
+                                                "the published numbers")
+    paper.add_argument("run_dir")
+    paper.add_argument("--table", choices=["svd", "hspace"], help="only this table (default: both)")
+    paper.add_argument("--format", choices=["md", "tex"], default="md")
+    paper.add_argument("--strength", type=float, help="edit strength to report when a method has several")
+    paper.add_argument("--out", help="write to this file instead of stdout")
+    paper.set_defaults(func=cmd_paper_tables)
     return parser
 
 
@@ -133,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may come before or after flags: collect stray key=value words for `run`.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "run" or any("=" not in e or e.startswith("-") for e in extra):
+        if args.command not in ("run", "metrics") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     try:

@@ -14,7 +14,7 @@ from harness.errors import ConfigError
 from harness.models import model_fingerprint, resolve_model
 from harness.schema import to_dict
 from harness.store import RunStore
-from harness.suites import Suite, load_suite
+from harness.suites import Suite, load_suite, select_items
 from harness.units import Batch, PrepareJob, ResolvedMethod, expand_grid, resolve_methods
 
 # Where work runs does not change results, so these keys may differ when a run is resumed.
@@ -36,13 +36,18 @@ class Plan:
 
 def plan(config: RunConfig) -> Plan:
     methods = resolve_methods(config)
-    suites = {name: load_suite(name) for name in config.suites}
+    full = {name: load_suite(name) for name in config.suites}
     specs = {name: resolve_model(name) for name in config.models}
     if config.items is not None:
-        known = {it.id for s in suites.values() for it in s.items}
+        known = {it.id for s in full.values() for it in s.items}
         for i, item in enumerate(config.items):
             if item not in known:
                 raise ConfigError(f"items[{i}]", item, sorted(known), "no suite of this run has that item")
+    suites = {name: select_items(s, config.items) for name, s in full.items()}
+    if config.metrics:
+        from harness.evaluation import preflight
+
+        preflight(config.metrics)  # bad metric config or missing weights: exit 2 before any work
     prepares, batches = expand_grid(
         config, methods, suites,
         families={m: s.family for m, s in specs.items()},
@@ -52,7 +57,9 @@ def plan(config: RunConfig) -> Plan:
 
 
 def identity_config(config: RunConfig) -> dict[str, Any]:
+    """What defines a run's results. Metrics settings are saved with the metric tables instead."""
     resolved = to_dict(config)
+    resolved.pop("metrics")
     for key in PLACEMENT_KEYS:
         resolved["executor"].pop(key, None)
     return resolved

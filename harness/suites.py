@@ -1,9 +1,9 @@
 """Prompt/attribute suites: data files in configs/suites/<name>.yaml, each item with a stable id."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.config import CONFIG_DIR, load_yaml
 from harness.errors import ConfigError
@@ -33,6 +33,22 @@ class SuiteItem:
     """Original prompt (text-conditional models); unconditional models ignore it."""
     target_prompt: str = ""
     """Prompt carrying the attribute (text edits: SD baseline, AVI, Park et al.)."""
+    image: str | None = None
+    """A real image to edit (path, relative to the suite file): the unit starts from its DDIM inversion,
+    with `prompt` as its caption."""
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """Items from a folder of real images and a captions file (CSV with a header, or JSONL).
+
+    Columns/keys: file (required), caption, target_caption, attribute, id (default: the file stem).
+    """
+
+    folder: str
+    captions: str
+    attribute: str | None = None
+    """Attribute of items whose captions file gives none."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,9 @@ class Suite:
     items: tuple[SuiteItem, ...]
     attributes: dict[str, Attribute] = field(default_factory=dict)
     description: str = ""
+    image_folders: tuple[ImageFolder, ...] = ()
+    image_transform: Literal["center-crop", "resize"] = "center-crop"
+    """How real images of any size become the model's square input."""
 
     def validate(self, prefix: str) -> None:
         ids = [it.id for it in self.items]
@@ -64,6 +83,13 @@ class Suite:
         return stable_hash(to_dict(self))
 
 
+def select_items(suite: Suite, items: tuple[str, ...] | None) -> Suite:
+    """The suite restricted to a run's `items` (what prepare sees and what its cache key covers)."""
+    if items is None:
+        return suite
+    return replace(suite, items=tuple(it for it in suite.items if it.id in items))
+
+
 def list_suites(directory: Path = SUITE_DIR) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml"))
 
@@ -77,4 +103,43 @@ def load_suite(name_or_path: str, directory: Path = SUITE_DIR) -> Suite:
                           f"unknown suite; add configs/suites/{name_or_path}.yaml or pass a path to a suite file")
     raw: dict[str, Any] = load_yaml(path)
     raw.setdefault("name", path.stem)
-    return from_dict(Suite, raw, prefix=f"suites[{path.stem}]")
+    prefix = f"suites[{path.stem}]"
+    raw["items"] = [_resolve_image(it, path.parent) for it in raw.get("items", [])]
+    folders = raw.get("image_folders", [])
+    for i, folder in enumerate(folders if isinstance(folders, list) else []):
+        raw["items"] += _folder_items(from_dict(ImageFolder, folder, f"{prefix}.image_folders[{i}]"), path.parent,
+                                      f"{prefix}.image_folders[{i}]")
+    return from_dict(Suite, raw, prefix=prefix)
+
+
+def _resolve_image(item: Any, base: Path) -> Any:
+    if isinstance(item, dict) and item.get("image"):
+        item = dict(item, image=str((base / item["image"]).resolve()))
+    return item
+
+
+def _folder_items(spec: ImageFolder, base: Path, prefix: str) -> list[dict[str, Any]]:
+    import csv
+    import json
+
+    folder, captions = (base / spec.folder).resolve(), (base / spec.captions).resolve()
+    if not captions.is_file():
+        raise ConfigError(f"{prefix}.captions", spec.captions, "an existing CSV or JSONL file",
+                          f"no file at {captions}")
+    if captions.suffix == ".jsonl":
+        records = [json.loads(line) for line in captions.read_text().splitlines() if line.strip()]
+    else:
+        with open(captions, newline="") as f:
+            records = list(csv.DictReader(f))
+    items = []
+    for n, rec in enumerate(records):
+        if not rec.get("file"):
+            raise ConfigError(f"{prefix}.captions[{n}].file", rec.get("file"), "an image file name")
+        attribute = rec.get("attribute") or spec.attribute
+        if not attribute:
+            raise ConfigError(f"{prefix}.attribute", None, "an attribute name",
+                              "give the folder an `attribute` or the captions file an attribute column")
+        items.append({"id": rec.get("id") or Path(rec["file"]).stem, "attribute": attribute,
+                      "prompt": rec.get("caption", ""), "target_prompt": rec.get("target_caption", ""),
+                      "image": str(folder / rec["file"])})
+    return items

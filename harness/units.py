@@ -112,7 +112,7 @@ def expand_grid(config: RunConfig, methods: list[ResolvedMethod], suites: dict[s
                 if method.cls.needs_prepare:
                     prepares.append(PrepareJob(method.label, model, suite_name, pkey,
                                                stable_seed("prepare", method.label, model, suite_name)))
-                items = [it for it in suite.items if config.items is None or it.id in config.items]
+                items = suite.items  # already restricted to the run's `items`
                 units = sorted(
                     (WorkUnit(method.label, model, suite_name, it.id, it.attribute, float(s), seed)
                      for it in items for s in strengths for seed in config.seeds),

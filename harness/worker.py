@@ -16,7 +16,7 @@ import torch
 from harness.config import RunConfig
 from harness.schema import to_dict
 from harness.store import RunStore
-from harness.suites import load_suite
+from harness.suites import load_suite, select_items
 from harness.units import Batch, PrepareJob, resolve_methods
 
 log_prefix = "[harness]"
@@ -49,7 +49,7 @@ class Worker:
         self.device = choose_device()
         self.dtype = choose_dtype(config.executor.precision, self.device)
         self.methods = {m.label: m for m in resolve_methods(config)}
-        self.suites = {name: load_suite(name) for name in config.suites}
+        self.suites = {name: select_items(load_suite(name), config.items) for name in config.suites}
         self._backbones: dict[str, Any] = {}
         self._states: dict[str, dict[str, Any]] = {}
 
@@ -112,6 +112,28 @@ class Worker:
         art = self._states[key]
         return art["state"], float(art["seconds"])
 
+    def _real_image_start(self, backbone: Any, item: Any, transform: str) -> tuple[torch.Tensor, str]:
+        """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule."""
+        from harness.diffusion import Schedule, ddim_invert, make_condition
+        from harness.hashing import stable_hash
+        from harness.images import load_image
+
+        image, sha = load_image(item.image, backbone.resolution, transform)
+        input_path = f"images/inputs/{sha[:16]}.png"
+        if not (self.store.root / input_path).is_file():
+            self.store.write_image(input_path, to_uint8(image))
+        sampler = self.config.sampler
+        key = "inversion-" + stable_hash("inversion", backbone.fingerprint, sha, transform, item.prompt,
+                                         sampler.num_steps)
+        cached = self.store.load_artifact(key)
+        if cached is None:
+            # Guidance 1 (the caption alone) for inversion, as is standard: CFG breaks the ODE's reversibility.
+            cond = make_condition(backbone, [item.prompt], 1.0)
+            x0 = backbone.encode(image[None].to(backbone.device))
+            cached = {"x_T": ddim_invert(backbone, x0, Schedule.from_backbone(backbone, sampler.num_steps), cond).cpu()}
+            self.store.save_artifact(key, cached)
+        return cached["x_T"][0], input_path
+
     def _input_error(self, backbone: Any, item: Any) -> str | None:
         if backbone.family != "text":
             return None
@@ -144,10 +166,16 @@ class Worker:
             item = suite.item(unit.item_id)
             rows[unit.key] = self._row(batch, unit, item, method, prep_seconds)
             error = load_error or self._input_error(backbone, item)
+            x_T = None
+            if not error and item.image:
+                try:
+                    x_T, rows[unit.key]["input_path"] = self._real_image_start(backbone, item, suite.image_transform)
+                except Exception as exc:  # unreadable or wrongly sized files fail their unit only
+                    error = f"{type(exc).__name__}: {exc}"
             if error:
                 rows[unit.key].update(status="failed", error=error)
             else:
-                requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed))
+                requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed, x_T))
         if requests:
             self._edit(batch, method, backbone, state, requests, rows)
         out = [rows[u.key] for u in batch.units]
@@ -232,7 +260,8 @@ def unit_row(config: RunConfig, batch: Batch, unit: Any, item: Any, method: Any,
         "item_id": unit.item_id, "attribute": unit.attribute, "prompt": item.prompt,
         "target_prompt": item.target_prompt, "strength": unit.strength, "seed": unit.seed,
         "noise_seed": str(unit.noise_seed), "status": "failed", "error": None,
-        "original_path": f"{base}.orig.png", "edited_path": f"{base}.edit.png", "edit_seconds": math.nan,
+        "original_path": f"{base}.orig.png", "edited_path": f"{base}.edit.png", "input_path": None,
+        "edit_seconds": math.nan,
         "prepare_seconds": prep_seconds, "prepare_key": batch.prepare_key, "device": device,
         "worker": worker, "info": None,
     }

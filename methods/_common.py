@@ -14,8 +14,13 @@ from methods.base import EditOutput, EditRequest
 
 def start_noise(backbone: Backbone, requests: Sequence[EditRequest],
                 sampler: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return initial_noise([r.seed for r in requests], backbone.state_shape(), sampler.num_steps, sampler.eta,
-                         device=backbone.device)
+    """x_T (and z_{T:1} when η > 0) per request: the seed's noise, or a real image's inversion."""
+    x_T, noises = initial_noise([r.seed for r in requests], backbone.state_shape(), sampler.num_steps, sampler.eta,
+                                device=backbone.device)
+    for i, r in enumerate(requests):
+        if r.x_T is not None:
+            x_T[i] = r.x_T.to(x_T.device, x_T.dtype)
+    return x_T, noises
 
 
 def original_condition(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig) -> Condition | None:

@@ -46,19 +46,21 @@ def channel_mean_scorer(channel: int = 0, device: Any = "cpu") -> Scorer:
 
 
 @register_scorer("clip")
-def clip_scorer(device: Any = "cpu", **clip_options: Any) -> Scorer:
-    """Zero-shot CLIP through the metrics package's CLIP loader (same weights the metrics use)."""
-    from metrics.clip import load_clip  # imported lazily: only this scorer needs CLIP weights
+def clip_scorer(device: Any = "cpu", backend: str = "open_clip", model: str = "ViT-B-32", pretrained: str | None = None,
+                model_config: str | None = None, random_weights: bool = False, logit_scale: float = 100.0,
+                seed: int = 0) -> Scorer:
+    """Zero-shot CLIP through the metrics package's loader (options as in metrics.clip.*; same weights)."""
+    from metrics.clip import load_clip_scorer  # imported lazily: only this scorer needs CLIP weights
 
-    model = load_clip(**clip_options, device=device)
+    clip = load_clip_scorer(backend, model, pretrained, model_config, random_weights, str(device), seed)
 
     def score(images: torch.Tensor, positive: str, negative: str | None = None) -> torch.Tensor:
-        uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-        img = model.encode_images(uint8)
-        texts = model.encode_texts([positive] if negative is None else [positive, negative])
+        uint8 = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        img = clip.encode_images(uint8)
+        texts = clip.encode_texts([positive] if negative is None else [positive, negative])
         cos = img @ texts.T
         if negative is None:
             return cos[:, 0]
-        return torch.softmax(model.logit_scale * cos, dim=1)[:, 0]
+        return torch.softmax(logit_scale * cos, dim=1)[:, 0]
 
     return score

@@ -52,6 +52,8 @@ class EditRequest:
     strength: float
     seed: int
     """Noise seed of the sample; shared by every method for the same (model, suite, item, seed)."""
+    x_T: torch.Tensor | None = None
+    """For real-image units: the DDIM inversion of the image, to start from instead of the seed's noise."""
 
 
 @dataclass

@@ -19,7 +19,8 @@ class FIDConfig:
     enabled: bool = True
     backbone: str = "inception"  # a name in metrics.backbones: inception | random-test | clip | registered ones
     weights: str | None = None  # local weights file (inception); never downloaded
-    reference: Literal["originals", "folder"] = "originals"  # folder: compute_metrics(reference_dir=...)
+    reference: Literal["originals", "folder"] = "originals"  # folder: images in reference_dir
+    reference_dir: str | None = None  # the reference folder when reference is "folder"
     batch_size: int = 32
     internal_dtype: Literal["float32", "float64"] = "float32"  # inside the inception network
     seed: int = 0  # random-test backbone only

@@ -210,6 +210,12 @@ def compute_metrics(rows: pd.DataFrame, run_dir: Path, config: MetricsConfig,
         per_image.append(zs)
         aggs.append(_disentanglement_aggregates(done, zs, config))
 
+    if len(done) and "input_path" in done and done["input_path"].notna().any():
+        from metrics.reconstruction import reconstruction_per_image
+
+        per_image.append(reconstruction_per_image(done, store))
+        aggs.append(_mean_aggregates(per_image[-1], "reconstruction_psnr", clamp=False))
+
     # 3. Distribution metrics per group, from cached features.
     if len(done) and backbone is not None:
         aggs.append(fid_aggregates(done, run_dir, config, reference_dir, backbone, store))

@@ -59,12 +59,12 @@ class Schedule:
         return eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
 
     def step_index(self, fraction: float) -> int:
-        """Index of the first step at or below t = fraction·T (the papers' "0.7T" wording)."""
+        """Index of the grid step nearest t = fraction·T (the papers' "0.7T" wording; ties go to the noisier step).
+
+        With SD's 50-step grid [981, 961, ..., 1] this maps 0.7T to index 14 (t = 701), as methods-spec §0 does.
+        """
         target = fraction * self.num_train_timesteps
-        for i, t in enumerate(self.timesteps):
-            if t <= target:
-                return i
-        return len(self.timesteps) - 1
+        return min(range(len(self.timesteps)), key=lambda i: (abs(self.timesteps[i] - target), i))
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""The metrics stage of a run: stored PNGs in, metric tables out (results/<run>/metrics/*.parquet).
+
+Runs by `harness metrics RUN` and at the end of `harness run` when the config has a `metrics:`
+section. Missing weights stop it before anything is written, naming the file and the config key.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from harness.store import RunStore, atomic_write_bytes
+
+
+def metrics_config(raw: dict[str, Any]) -> Any:
+    from metrics.config import MetricsConfig
+
+    return MetricsConfig.from_dict(raw, prefix="metrics")
+
+
+def preflight(raw: dict[str, Any]) -> None:
+    """Build every enabled metric model once, so missing weights fail before any generation."""
+    from metrics.clip import load_clip_scorer
+    from metrics.fid_stage import build_fid_backbone
+    from metrics.lpips_metric import LPIPSMetric
+
+    cfg = metrics_config(raw)
+    if cfg.fid.enabled and cfg.fid.backbone != "clip":
+        build_fid_backbone(cfg)
+    if cfg.clip.enabled or cfg.disentanglement.enabled:
+        c = cfg.clip
+        load_clip_scorer(c.backend, c.model, c.pretrained, c.model_config, c.random_weights, "cpu", c.seed)
+    if cfg.lpips.enabled:
+        LPIPSMetric(cfg.lpips.net, cfg.lpips.random_backbone, cfg.lpips.seed, "cpu")
+
+
+def _write(path: Path, frame: Any) -> None:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_metrics(run_dir: str | Path, raw: dict[str, Any]) -> Path:
+    """Compute the run's metrics (cached per image) and write per_image.parquet and aggregates.parquet."""
+    from metrics.stage import compute_metrics
+
+    store = RunStore(Path(run_dir))
+    cfg = metrics_config(raw)
+    reference = Path(cfg.fid.reference_dir) if cfg.fid.reference == "folder" and cfg.fid.reference_dir else None
+    per_image, aggregates = compute_metrics(store.read_rows(), store.root, cfg, reference)
+    out = store.root / "metrics"
+    import yaml
+
+    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True).encode())
+    _write(out / "per_image.parquet", per_image)
+    _write(out / "aggregates.parquet", aggregates)
+    return out / "aggregates.parquet"
