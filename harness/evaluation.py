@@ -34,6 +34,20 @@ def preflight(raw: dict[str, Any]) -> None:
         LPIPSMetric(cfg.lpips.net, cfg.lpips.random_backbone, cfg.lpips.seed, "cpu")
 
 
+def oracle_targets(store: RunStore) -> dict[str, tuple[str, str]]:
+    """attribute -> (factor, value) from the run's suites, for attributes the world's oracle can check."""
+    import yaml
+
+    from harness.suites import load_suite
+
+    targets = {}
+    for name in yaml.safe_load(store.config_path.read_text())["suites"]:
+        for attr, spec in load_suite(name).attributes.items():
+            if spec.factor and spec.value:
+                targets[attr] = (spec.factor, spec.value)
+    return targets
+
+
 def _write(path: Path, frame: Any) -> None:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
@@ -47,7 +61,7 @@ def run_metrics(run_dir: str | Path, raw: dict[str, Any]) -> Path:
     store = RunStore(Path(run_dir))
     cfg = metrics_config(raw)
     reference = Path(cfg.fid.reference_dir) if cfg.fid.reference == "folder" and cfg.fid.reference_dir else None
-    per_image, aggregates = compute_metrics(store.read_rows(), store.root, cfg, reference)
+    per_image, aggregates = compute_metrics(store.read_rows(), store.root, cfg, reference, oracle_targets(store))
     out = store.root / "metrics"
     import yaml
 

@@ -62,12 +62,18 @@ class DisentanglementConfig:
 
 
 @dataclass(frozen=True)
+class OracleConfig:
+    enabled: bool = True  # runs only for attributes with a (factor, value) target: the embedded world
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fid: FIDConfig = field(default_factory=FIDConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
     disentanglement: DisentanglementConfig = field(default_factory=DisentanglementConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, prefix: str = "metrics") -> MetricsConfig:

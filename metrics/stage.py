@@ -174,7 +174,8 @@ def _runtime_aggregates(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute_metrics(rows: pd.DataFrame, run_dir: Path, config: MetricsConfig,
-                    reference_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    reference_dir: Path | None = None,
+                    oracle_targets: dict[str, tuple[str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-image values (long: one row per unit and metric) and aggregates (one row per group and metric).
 
     Call it on all rows of a run; on a subset (one worker's shard) it fills the caches and returns
@@ -210,6 +211,12 @@ def compute_metrics(rows: pd.DataFrame, run_dir: Path, config: MetricsConfig,
         per_image.append(zs)
         aggs.append(_disentanglement_aggregates(done, zs, config))
 
+    if len(done) and config.oracle.enabled and oracle_targets:
+        from metrics.oracle import oracle_per_image
+
+        per_image.append(oracle_per_image(done, store, oracle_targets))
+        for metric in per_image[-1]["metric"].unique():
+            aggs.append(_mean_aggregates(per_image[-1], metric, clamp=False))
     if len(done) and "input_path" in done and done["input_path"].notna().any():
         from metrics.reconstruction import reconstruction_per_image
 

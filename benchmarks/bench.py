@@ -1,0 +1,199 @@
+"""Throughput of the harness against a bare loop of the same method code, and model-FLOP accounting.
+
+    python benchmarks/bench.py                       # CPU defaults: tiny models, quick
+    python benchmarks/bench.py --model arch-sd21-base --method sd --units 16 --batch-size 8 --steps 50
+    python benchmarks/bench.py --write benchmarks/RESULTS.md
+
+In one process it times (a) a bare loop calling the method's `edit` on the same batches with no
+harness, (b) the same units through the in-process executor, (c) through Ray with one worker, and
+prints images/s with each one's ratio to (a). Timings are medians over --repeats after a warm-up,
+device-synchronised. It also counts the UNet's FLOPs per image (torch's flop counter on the real
+architecture) and reports achieved TFLOP/s against this device's measured dense matmul rate.
+Run it on an otherwise idle machine: every figure is wall-clock.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import torch  # noqa: E402
+
+from harness.config import run_config_from_dict  # noqa: E402
+from harness.runner import execute, plan  # noqa: E402
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def config(args: argparse.Namespace, kind: str, out: Path, run_id: str) -> dict:
+    return {
+        "run_id": run_id, "models": [args.model], "suites": [args.suite], "seeds": list(range(args.units)),
+        "items": [args.item], "strengths": [1.0],
+        "sampler": {"num_steps": args.steps, "eta": 0.0, "guidance_scale": 7.5},
+        "methods": [{"name": args.method, "options": dict(a.split("=", 1) for a in args.option)}],
+        "executor": {"kind": kind, "batch_size": args.batch_size, "num_workers": 1, "threads": args.threads},
+        "output_dir": str(out),
+    }
+
+
+def bare_loop(args: argparse.Namespace, out: Path) -> float:
+    """Seconds for all units: the method's own code on the same batches, no executor, no store."""
+    from harness.models import load_backbone
+    from harness.suites import load_suite, select_items
+    from harness.worker import choose_dtype
+    from methods.base import EditRequest, PrepareContext
+
+    cfg = run_config_from_dict(config(args, "inprocess", out, "bare"))
+    p = plan(cfg)
+    method = p.methods[0]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone = load_backbone(args.model, device, choose_dtype("auto", device))
+    suite = select_items(load_suite(args.suite), cfg.items)
+    instance = method.cls(method.options)
+    state = instance.prepare(backbone, PrepareContext(suite, cfg.sampler, 0)) if method.cls.needs_prepare else {}
+    sync()
+    start = time.perf_counter()
+    for batch in p.batches:
+        reqs = [EditRequest(u.key, suite.item(u.item_id), u.strength, u.noise_seed) for u in batch.units]
+        outputs = instance.edit(backbone, state, reqs, cfg.sampler)
+        for o in outputs:  # the harness converts to uint8 too; count it here so the comparison is fair
+            (o.edited.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            (o.original.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    sync()
+    return time.perf_counter() - start
+
+
+def harness_run(args: argparse.Namespace, kind: str, out: Path, run_id: str) -> float:
+    """Seconds for the same units through an executor, end to end (worker start and model load included),
+    minus the one-off prepare time, which the bare loop does not time either."""
+    p = plan(run_config_from_dict(config(args, kind, out, run_id)))
+    start = time.perf_counter()
+    summary = execute(p, progress=False)
+    elapsed = time.perf_counter() - start
+    assert summary.failed == 0, f"{summary.failed} units failed"
+    from harness.store import RunStore
+
+    rows = RunStore(Path(summary.run_dir)).read_rows()
+    return elapsed - float(rows["prepare_seconds"].max() or 0.0)
+
+
+def unet_flops_per_call(model: str, batch: int) -> tuple[int, str]:
+    """FLOPs of one UNet forward at this batch (torch.utils.flop_counter on the real architecture)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.diffusion import make_condition
+    from harness.models import load_backbone
+
+    backbone = load_backbone(model, "cpu")
+    x = torch.randn(batch, *backbone.state_shape())
+    kw = {}
+    if backbone.family == "text":
+        kw["encoder_hidden_states"] = make_condition(backbone, [""] * batch, 1.0).cond
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        backbone.unet(x, 500, **kw)
+    return counter.get_total_flops(), backbone.family
+
+
+def matmul_rate() -> float:
+    """Measured dense matmul FLOP/s on this device (bf16 on CUDA, fp32 on CPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n = 8192 if device == "cuda" else 1024
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def unet_calls_per_image(method: str, family: str, steps: int) -> int:
+    """UNet forwards per edited image, counting each CFG half (the original is regenerated too)."""
+    cfg = 2 if family == "text" else 1
+    return {"sd": 2 * steps * cfg, "random-direction": 2 * steps * cfg}.get(method, 0)
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads per worker: 1"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny-sd")
+    ap.add_argument("--method", default="sd")
+    ap.add_argument("--option", action="append", default=[], help="method option key=value")
+    ap.add_argument("--suite", default="hspace_paper")
+    ap.add_argument("--item", default="smile")
+    ap.add_argument("--units", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--write", type=Path, help="append the table to this markdown file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    results: dict[str, list[float]] = {"bare loop": [], "in-process executor": [], "ray, 1 worker": []}
+    try:
+        bare_loop(args, tmp)  # warm-up: imports, model build, kernels
+        for r in range(args.repeats):
+            results["bare loop"].append(bare_loop(args, tmp))
+            results["in-process executor"].append(harness_run(args, "inprocess", tmp, f"inproc{r}"))
+            results["ray, 1 worker"].append(harness_run(args, "ray", tmp, f"ray{r}"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    flops, family = unet_flops_per_call(args.model, 1)
+    per_image = flops * unet_calls_per_image(args.method, family, args.steps)
+    rate = matmul_rate()
+    base = args.units / statistics.median(results["bare loop"])
+    lines = [
+        f"### {args.method} on {args.model}: {args.units} units, batch {args.batch_size}, {args.steps} DDIM steps",
+        "",
+        f"device: {device_name()}; date {datetime.now(timezone.utc).date()}; torch {torch.__version__}; "
+        f"median of {args.repeats} after warm-up",
+        "",
+        "| path | images/s | ratio to bare loop |",
+        "|---|---|---|",
+    ]
+    for name, times in results.items():
+        ips = args.units / statistics.median(times)
+        lines.append(f"| {name} | {ips:.3f} | {ips / base:.3f} |")
+    if per_image:
+        achieved = per_image * base
+        lines += ["", f"UNet FLOPs per forward (batch 1): {flops / 1e9:.3f} GFLOP; per edited image: "
+                      f"{per_image / 1e12:.4f} TFLOP; achieved (bare loop): {achieved / 1e12:.5f} TFLOP/s = "
+                      f"{100 * achieved / rate:.1f}% of this device's measured dense matmul rate "
+                      f"({rate / 1e12:.3f} TFLOP/s)"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        with open(args.write, "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
