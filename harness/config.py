@@ -48,6 +48,8 @@ class MethodEntry:
     options: dict[str, Any] = field(default_factory=dict)
     strengths: tuple[float, ...] | None = None
     """Overrides the run's `strengths` for this method (edit scales differ between methods)."""
+    models: tuple[str, ...] | None = None
+    """Restrict this method to these of the run's models (default: every model of a family it supports)."""
 
     @property
     def key(self) -> str:

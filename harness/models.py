@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from harness.config import CONFIG_DIR
+from harness.config import CONFIG_DIR, REPO_ROOT
 from harness.errors import ConfigError, MissingWeightsError
 from harness.hashing import stable_hash
 from harness.schema import from_dict
@@ -207,6 +207,8 @@ def resolve_model(name: str) -> ModelSpec:
 
 def _local_dir(spec: ModelSpec) -> Path:
     path = Path(spec.pretrained).expanduser()
+    if not path.is_absolute() and (REPO_ROOT / path).is_dir():
+        return REPO_ROOT / path  # catalog paths such as checkpoints/world-ddpm are relative to the repository
     if path.is_dir():
         return path
     from huggingface_hub import snapshot_download

@@ -101,7 +101,10 @@ def expand_grid(config: RunConfig, methods: list[ResolvedMethod], suites: dict[s
     batches: list[Batch] = []
     for method in methods:
         strengths = method.entry.strengths or config.strengths
-        compatible = [m for m in config.models if families[m] in method.cls.families]
+        for m in method.entry.models or ():
+            if m not in config.models:
+                raise ConfigError(f"methods[{method.label}].models", m, config.models, "name one of the run's models")
+        compatible = [m for m in (method.entry.models or config.models) if families[m] in method.cls.families]
         if not compatible:
             raise ConfigError(f"methods[{method.label}]", method.entry.name, method.cls.families,
                               f"this method needs a model of family {'/'.join(method.cls.families)}; "

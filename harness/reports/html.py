@@ -18,7 +18,7 @@ import pandas as pd
 
 from harness.reports.data import RunData, load_run
 from harness.reports.render import to_html
-from harness.reports.svg import Series, bar_chart, heatmap, line_chart
+from harness.reports.svg import PALETTE, Series, bar_chart, heatmap, line_chart
 from harness.reports.tables import PREPARE, RUNTIME, Column, Leaderboard, build_leaderboard
 
 STYLE = """
@@ -44,6 +44,12 @@ def _series_name(key: tuple, keys: list[str], varying: set[str]) -> str:
     return " · ".join(str(v) for k, v in zip(keys, key) if k == "method" or k in varying)
 
 
+def _colors(run: RunData) -> dict[tuple, str]:
+    """One colour per (method, model, suite) for every chart of the page."""
+    keys = sorted(set(zip(run.rows["method"], run.rows["model"], run.rows["suite"])))
+    return {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
+
+
 def _matching(frame: pd.DataFrame, column: Column) -> pd.DataFrame:
     sub = frame[frame["metric"] == column.metric]
     for field, value in column.provenance:
@@ -55,6 +61,7 @@ def _matching(frame: pd.DataFrame, column: Column) -> pd.DataFrame:
 def _metric_plots(run: RunData, board: Leaderboard) -> list[str]:
     keys = ["method", "model", "suite"]
     varying = {k for k in ("model", "suite") if run.rows[k].nunique() > 1}
+    colors = _colors(run)
     svgs = []
     for col in board.columns:
         if col.metric in (RUNTIME, PREPARE):
@@ -74,36 +81,66 @@ def _metric_plots(run: RunData, board: Leaderboard) -> list[str]:
                 v = v.dropna()
                 points.append((float(s), float(v.mean()) if len(v) else np.nan,
                                float(v.std(ddof=1)) if len(v) > 1 else np.nan))
-            series.append(Series(_series_name(key, keys, varying), *map(list, zip(*points))))
+            series.append(Series(_series_name(key, keys, varying), *map(list, zip(*points)),
+                                 color=colors.get(tuple(key))))
         spread = "mean ± std over seeds" if per_seed else "mean over attributes"
         svgs.append(line_chart(series, f"{col.name} vs edit strength", "edit strength", f"{col.name} ({spread})"))
     return svgs
 
 
-def _runtime_plot(board: Leaderboard) -> str | None:
+def _runtime_plot(run: RunData, board: Leaderboard) -> str | None:
     cols = [c for c in board.columns if c.metric == RUNTIME]
     if not cols or board.frame.empty:
         return None
-    labels, values, errors = [], [], []
+    colors = _colors(run)
+    labels, values, errors, fills = [], [], [], []
     for c in cols:
         for _, r in board.frame.iterrows():
             tag = " · ".join(str(r[k]) for k in board.keys if k != "suite")
             labels.append(tag + (f" [{dict(c.provenance).get('device', '')}]" if len(cols) > 1 else ""))
             values.append(float(r[c.name]))
             errors.append(float(r[f"{c.name}_std"]))
-    return bar_chart(labels, values, errors, "Runtime per edited image", "seconds (mean ± std over seeds)")
+            fills.append(colors.get((r["method"], r["model"], r["suite"]), PALETTE[0]))
+    return bar_chart(labels, values, errors, "Runtime per edited image", "seconds (mean ± std over seeds)",
+                     colors=fills)
+
+
+ATTRIBUTE_ORDER = ("smile", "glasses", "age", "gender", "hat", "pose", "female", "male", "old", "young")
+
+
+def _ordered(values: Any) -> list[str]:
+    """The papers' attribute order first (Table I: smile, glasses, age, gender, hat), then alphabetical."""
+    return sorted(dict.fromkeys(map(str, values)),
+                  key=lambda a: (ATTRIBUTE_ORDER.index(a) if a in ATTRIBUTE_ORDER else len(ATTRIBUTE_ORDER), a))
+
+
+def _oracle_heatmaps(run: RunData) -> list[str]:
+    """Oracle matrices: rows = applied edit, columns = scene factor, value = share of edits that changed it."""
+    p = run.per_image
+    if p.empty:
+        return []
+    p = p[p["metric"].astype(str).str.startswith("oracle_changed:")]
+    svgs = []
+    for (method, model, suite, strength), g in p.groupby(["method", "model", "suite", "strength"], sort=True):
+        cells = g.assign(factor=g["metric"].str.split(":").str[1]).groupby(["attribute", "factor"], sort=False)[
+            "value"].mean()
+        edits = _ordered(g["attribute"])
+        factors = list(dict.fromkeys(g["metric"].str.split(":").str[1]))
+        matrix = [[cells.get((e, f)) for f in factors] for e in edits]
+        svgs.append(heatmap(matrix, edits, factors, f"oracle changed: {method} · {model} · strength {strength:g}",
+                            row_title="edit ↓", col_title="factor changed →"))
+    return svgs
 
 
 def _heatmaps(run: RunData) -> list[str]:
     a = run.aggregates
     if a.empty or "measured_attribute" not in a.columns:
-        return []
+        return _oracle_heatmaps(run)
     d = a[a["metric"].astype(str).str.startswith("disentanglement") & a["measured_attribute"].notna()]
-    svgs = []
+    svgs = _oracle_heatmaps(run)
     for (metric, method, model, suite, strength), g in d.groupby(["metric", "method", "model", "suite", "strength"],
                                                                   sort=True):
-        edits = list(dict.fromkeys(g["attribute"]))
-        measured = list(dict.fromkeys(g["measured_attribute"]))
+        edits, measured = _ordered(g["attribute"]), _ordered(g["measured_attribute"])
         cells = {(e, m): v for e, m, v in zip(g["attribute"], g["measured_attribute"], g["value"])}
         matrix = [[cells.get((e, m)) for m in measured] for e in edits]
         svgs.append(heatmap(matrix, edits, measured, f"{metric}: {method} · {model} · strength {strength:g}",
@@ -162,7 +199,7 @@ def render_html(run: RunData, board: Leaderboard | None = None, max_samples: int
                f"{escape(str(m.get('created', '?')))}; git {escape(str(git.get('commit') or '?'))[:12]}"
                f"{' (dirty)' if git.get('dirty') else ''}")
     plots = _metric_plots(run, board)
-    runtime = _runtime_plot(board)
+    runtime = _runtime_plot(run, board)
     heat = _heatmaps(run)
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -177,8 +214,9 @@ def render_html(run: RunData, board: Leaderboard | None = None, max_samples: int
         '<h3>Metrics vs edit strength</h3><div class="plots">' + ("".join(plots) or "<p>no metric values</p>")
         + "</div>",
         '<h3>Runtime</h3><div class="plots">' + (runtime or "<p>no runtime values</p>") + "</div>",
-        '<h3>Disentanglement</h3><div class="plots">'
-        + ("".join(heat) or "<p>no disentanglement aggregates (metrics.disentanglement)</p>") + "</div>",
+        '<h3>Disentanglement matrices</h3><div class="plots">'
+        + ("".join(heat) or "<p>no disentanglement aggregates (metrics.disentanglement) or oracle matrices</p>")
+        + "</div>",
         '<h2 id="images">Images</h2>', *(_grids(run, max_samples) or ["<p>no units</p>"]),
         '<h2 id="manifest">Manifest</h2>', f"<pre>{escape(json.dumps(m, indent=2, sort_keys=True), quote=False)}</pre>",
         "<details><summary>config.yaml</summary>"

@@ -143,6 +143,16 @@ def _aggs_for(run: RunData, model: str, suite: str) -> pd.DataFrame:
     return a[(a["model"] == model) & (a["suite"] == suite)]
 
 
+def _present(run: RunData, names: list[str]) -> str:
+    """What the run does hold for these methods, e.g. ' (it has `sd` for attributes age, smile)'."""
+    rows = run.rows[run.rows["method_name"].isin(names)]
+    if rows.empty:
+        return ""
+    held = [f"`{m}` for attributes {', '.join(sorted(set(g['attribute'].astype(str))))}"
+            for m, g in rows.groupby("method", sort=True)]
+    return f" (it has {'; '.join(held)})"
+
+
 def _combos(rows: pd.DataFrame) -> list[tuple[str | None, str | None]]:
     return sorted(set(zip(rows["model"], rows["suite"]))) or [(None, None)]
 
@@ -162,7 +172,8 @@ def _svd_one(run: RunData, spec: dict[str, Any], model: str | None, suite: str |
     missing, notes, cells, body, rules = [], [], [], [], set()
     if model is None:
         missing.append(f"no rows of methods {', '.join(f'`{m}`' for m in spec['methods'])} for attributes "
-                       f"{', '.join(attrs)} in run `{run.name}`: only the published numbers are shown")
+                       f"{', '.join(attrs)} in run `{run.name}`{_present(run, list(spec['methods']))}: "
+                       "only the published numbers are shown")
     elif run.aggregates.empty:
         missing.append("no metrics/aggregates.parquet in the run: run `harness metrics RUN` for fid, clip_score, lpips")
     columns = ["Method", "Source"] + [f"{a.capitalize()} ({' / '.join(METRIC_LABEL[m] for m in metrics)})"
@@ -248,8 +259,8 @@ def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: st
     options = method_options(mine) if len(mine) else {}
     missing, notes, cells, tables = [], [], [], []
     if model is None:
-        missing.append(f"no `{name}` rows for attributes {', '.join(attrs)} in run `{run.name}`: "
-                       "only the published numbers are shown")
+        missing.append(f"no `{name}` rows for attributes {', '.join(attrs)} in run `{run.name}`"
+                       f"{_present(run, [name])}: only the published numbers are shown")
     metric = "disentanglement"
     if len(aggs) and not (aggs["metric"] == metric).any() and (aggs["metric"] == "disentanglement_signed").any():
         metric = "disentanglement_signed"
@@ -260,8 +271,8 @@ def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: st
                        "`harness metrics RUN`)")
     used: list[pd.DataFrame] = []
     for variant in ("original", "disentangled"):
-        labels = sorted(l for l, o in options.items() if _disentangled(o) == (variant == "disentangled"))
-        labels.sort(key=lambda l: l != name)
+        labels = sorted(lab for lab, o in options.items() if _disentangled(o) == (variant == "disentangled"))
+        labels.sort(key=lambda lab: lab != name)
         label = labels[0] if labels else None
         if model is not None and label is None:
             missing.append(f"no `{name}` label with {'a non-null' if variant == 'disentangled' else 'null'} "
@@ -297,7 +308,8 @@ def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: st
                                                        else f"{v:.3g}"))
                 diffs.append(_diff(v, paper[measured][0]))
                 cells.append({"block": variant, "method": label, "row": edit, "column": measured, "ours": v,
-                              "ours_std": sd, "paper": float(paper[measured][0]), "paper_std": float(paper[measured][1])})
+                              "ours_std": sd, "paper": float(paper[measured][0]),
+                              "paper_std": float(paper[measured][1])})
             body.append([edit.capitalize(), "paper"] + [f"{paper[m][0]:.2f}±{paper[m][1]:.2f}" for m in attrs])
             if label:
                 body += [["", "ours"] + ours, ["", "ours − paper"] + diffs]

@@ -20,6 +20,7 @@ class Series:
     x: Sequence[float]
     y: Sequence[float]
     err: Sequence[float] | None = None
+    color: str | None = None  # default: the palette by position
 
 
 def _ok(v: float | None) -> bool:
@@ -101,7 +102,7 @@ def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str,
     for t in xticks:
         out.append(f'<text x="{_n(x_of(t))}" y="{_n(bottom + 15)}" text-anchor="middle" {FONT}>{t:.3g}</text>')
     for i, s in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
+        color = s.color or PALETTE[i % len(PALETTE)]
         p = sorted((x, y, e) for x, y, e in zip(s.x, s.y, s.err or [None] * len(s.x)) if _ok(y))
         if len(p) > 1:
             path = " ".join(f"{_n(x_of(x))},{_n(y_of(y))}" for x, y, _ in p)
@@ -114,13 +115,15 @@ def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str,
                        f"<title>{escape(s.name)}: {x:.3g} → {y:.4g}</title></circle>")
         ly = top + 6 + 16 * i
         out.append(f'<rect x="{_n(right + 12)}" y="{_n(ly - 8)}" width="10" height="10" fill="{color}"/>')
-        out.append(f'<text x="{_n(right + 26)}" y="{_n(ly + 1)}" {FONT}>{escape(s.name if len(s.name) <= 30 else s.name[:29] + "…")}</text>')
+        name = s.name if len(s.name) <= 30 else s.name[:29] + "…"
+        out.append(f'<text x="{_n(right + 26)}" y="{_n(ly + 1)}" {FONT}>{escape(name)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], errors: Sequence[float] | None, title: str,
-              y_label: str, width: int | None = None, height: int = 300) -> str:
+              y_label: str, width: int | None = None, height: int = 300,
+              colors: Sequence[str] | None = None) -> str:
     """Vertical bars from zero, error bars where given; labels rotated under the axis."""
     width = width or max(300, 70 + 46 * len(labels))
     out = _open(width, height, title)
@@ -144,7 +147,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], errors: Sequence[f
         if _ok(v):
             y0, y1 = y_of(0.0), y_of(v)
             out.append(f'<rect x="{_n(cx - slot * 0.35)}" y="{_n(min(y0, y1))}" width="{_n(slot * 0.7)}" '
-                       f'height="{_n(abs(y0 - y1))}" fill="{PALETTE[i % len(PALETTE)]}">'
+                       f'height="{_n(abs(y0 - y1))}" fill="{colors[i] if colors else PALETTE[i % len(PALETTE)]}">'
                        f"<title>{escape(lab)}: {v:.4g}</title></rect>")
             if _ok(e) and e > 0:
                 out.append(f'<line x1="{_n(cx)}" y1="{_n(y_of(v - e))}" x2="{_n(cx)}" y2="{_n(y_of(v + e))}" '
@@ -167,7 +170,7 @@ def heatmap(matrix: Sequence[Sequence[float | None]], row_labels: Sequence[str],
             title: str, row_title: str = "", col_title: str = "", cell: int = 52) -> str:
     """Annotated heatmap; colour scale 0..max|v| (blue positive, red negative), missing cells hatched grey."""
     left, top = 90, 58
-    width = max(left + cell * len(col_labels) + 20, 260)
+    width = max(left + cell * len(col_labels) + 20, 260, int(len(title) * 6.6) + 20)
     height = top + cell * len(row_labels) + 20
     out = _open(width, height, title)
     vals = [abs(v) for row in matrix for v in row if _ok(v)]

@@ -27,17 +27,19 @@ KEYS = ("method", "model", "suite")
 COUNTS = ("units", "done", "failed")
 RUNTIME, PREPARE = "edit_s_per_image", "prepare_s"
 LOWER_IS_BETTER = {"fid", "kid", "lpips", RUNTIME}
-HIGHER_IS_BETTER = {"clip_score", "oracle_success"}
-METRIC_ORDER = ("fid", "kid", "clip_score", "lpips")
-_AGG_SKIP = ("edit_seconds", "prepare_seconds", "seconds_per_image", "disentanglement")
-_PER_IMAGE_SKIP = ("zeroshot:",)
+HIGHER_IS_BETTER = {"clip_score", "oracle_success", "oracle_valid", "oracle_preservation", "reconstruction_psnr"}
+METRIC_ORDER = ("fid", "kid", "clip_score", "lpips", "oracle_success", "oracle_preservation", "oracle_valid")
+# Matrices and raw scores are not leaderboard columns (the HTML report draws the matrices).
+_MATRIX_PREFIXES = ("zeroshot:", "oracle_changed:", "disentanglement")
+_AGG_SKIP = ("edit_seconds", "prepare_seconds", "seconds_per_image") + _MATRIX_PREFIXES
+_PER_IMAGE_SKIP = _MATRIX_PREFIXES
 
 
 def better(metric: str) -> str | None:
     """'min' (lower is better), 'max', or None when a metric has no direction."""
     if metric in LOWER_IS_BETTER or "seconds" in metric:
         return "min"
-    if metric in HIGHER_IS_BETTER or "success" in metric or "accuracy" in metric:
+    if metric in HIGHER_IS_BETTER or any(w in metric for w in ("success", "accuracy", "psnr", "preservation")):
         return "max"
     return None
 
@@ -111,8 +113,11 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else np.nan
 
 
-def _seed_cells(sub: pd.DataFrame, keys: list[str], value: str, column: str) -> list[dict[str, Any]]:
+def _seed_cells(sub: pd.DataFrame, keys: list[str], value: str, column: str,
+                clamp: bool = False) -> list[dict[str, Any]]:
     per_seed = sub.groupby(keys + ["seed"], dropna=False)[value].mean().reset_index()
+    if clamp:  # CLIP score: max(mean, 0) per seed, torchmetrics' convention (as in the metric aggregates)
+        per_seed[value] = per_seed[value].clip(lower=0.0)
     out = []
     for key, g in per_seed.groupby(keys, dropna=False):
         mean, std = _mean_std(g[value])
@@ -172,7 +177,7 @@ def build_leaderboard(runs: Sequence[RunData], sort: str | None = None,
             per_image_metrics.add(metric)
             groups = _by_provenance(part, PROVENANCE)
             for col, (_, sub) in zip(_split(metric, groups, "seeds"), groups):
-                cells += _seed_cells(sub, keys, "value", col.name)
+                cells += _seed_cells(sub, keys, "value", col.name, clamp=metric == "clip_score")
                 metric_cols.append(col)
     if len(aggs):
         aggs = aggs[~aggs["metric"].astype(str).str.startswith(_AGG_SKIP) & ~aggs["metric"].isin(per_image_metrics)]
@@ -230,6 +235,15 @@ def _best(frame: pd.DataFrame, columns: list[Column], within: list[str]) -> dict
     return best
 
 
+def _collapse(warning: str) -> str:
+    """'a; b; a; b' -> 'a; b' (the metrics stage joins the warnings of both image sets)."""
+    parts = warning.split("; ")
+    for n in range(1, len(parts)):
+        if len(parts) % n == 0 and parts == parts[:n] * (len(parts) // n):
+            return "; ".join(parts[:n])
+    return warning
+
+
 def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: Sequence[str]) -> list[str]:
     notes = [f"One row per {', '.join(board.keys)}. Cells: mean ± std over seeds (a seed's value is the mean "
              "over its units: items, attributes, strengths); fid/kid and other group-only metrics: mean ± std "
@@ -240,7 +254,8 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
     if directed:
         low = sorted({c.metric for c in directed if c.better == "min"})
         high = sorted({c.metric for c in directed if c.better == "max"})
-        rules = [f"lower is better: {', '.join(low)}" if low else "", f"higher is better: {', '.join(high)}" if high else ""]
+        rules = [f"lower is better: {', '.join(low)}" if low else "",
+                 f"higher is better: {', '.join(high)}" if high else ""]
         notes.append(f"Bold: best in its column among rows of the same {' and '.join(within)} "
                      f"({'; '.join(r for r in rules if r)}).")
     by_metric: dict[str, list[Column]] = {}
@@ -258,9 +273,11 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
                          + (f"; weights sha256 {sha[:12]}" if sha else "")
                          + (f"; resize {p['resize']}" if p.get("resize") else ""))
         if len(aggs) and "warning" in aggs.columns:
-            warnings = sorted({str(w) for w in aggs.loc[aggs["metric"] == metric, "warning"].dropna() if w})
+            warnings = sorted({_collapse(str(w)) for w in aggs.loc[aggs["metric"] == metric, "warning"].dropna()
+                               if w})
             if warnings:
-                more = f" (and {len(warnings) - 1} other warnings)" if len(warnings) > 1 else ""
+                extra = len(warnings) - 1
+                more = f" (and {extra} other warning{'s' if extra > 1 else ''})" if extra else ""
                 notes.append(f"{metric} warning: {warnings[0]}{more}")
     devices = sorted(set(rows["device"].dropna().astype(str)))
     if devices:

@@ -5,8 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.reports.synthetic import CLIP_PROV, FID_PROV, LPIPS_PROV, ZS_PROV, aggregate, make_run, \
-    per_image, unit
+from tests.harness.reports.synthetic import (
+    CLIP_PROV,
+    FID_PROV,
+    LPIPS_PROV,
+    ZS_PROV,
+    aggregate,
+    make_run,
+    per_image,
+    unit,
+)
 
 HAND_LPIPS = {"alpha": {0: [0.1, 0.3], 1: [0.4, 0.6]}, "beta": {0: [0.05, 0.05], 1: [0.15, 0.15]}}
 HAND_SECONDS = {"alpha": {0: [1.0, 3.0], 1: [2.0, 2.0]}, "beta": {0: [4.0, 4.0], 1: [4.0, 4.0]}}

@@ -9,8 +9,11 @@ import pytest
 
 from harness.reports import browser
 from harness.reports.html import write_html_report
-from harness.reports.svg import heatmap, line_chart, nice_ticks, Series
+from harness.reports.svg import Series, heatmap, line_chart, nice_ticks
 from tests.harness.reports.synthetic import LPIPS_PROV, ZS_PROV, aggregate, make_run, per_image, unit
+
+ORACLE_PROV = {"implementation": "oracle", "library_version": "1", "backbone": "world-oracle", "weights_sha256": "",
+               "resize": "none", "metric_version": 1}
 
 
 def gallery_run(root: Path) -> Path:
@@ -23,6 +26,10 @@ def gallery_run(root: Path) -> Path:
                     r = unit(method, attr, seed, s, edit_seconds=0.5 + abs(s))
                     rows.append(r)
                     pim.append(per_image(r, "lpips", 0.1 * abs(s) + 0.01 * seed, LPIPS_PROV))
+                    if method == "sweep" and s == 2.0:  # oracle values: a success rate and a changed-factor matrix
+                        pim += [per_image(r, m, v, ORACLE_PROV) for m, v in (
+                            ("oracle_success", 1.0), ("oracle_changed:color", float(attr == "smile")),
+                            ("oracle_changed:shape", 0.0))]
                 agg.append(aggregate(method, "smile", "fid", 10 + s, strength=s))
     rows.append(unit("sd", "smile", 2, 1.0, status="failed", edit_seconds=float("nan")))
     for e in ("smile", "age"):
@@ -43,13 +50,14 @@ def test_report_structure(tmp_path: Path) -> None:
     assert len(text) < 100_000
     # leaderboard with best marked, plots (lpips and fid vs strength, runtime bars, one heatmap), manifest
     assert '<table class="board">' in text and "<strong>" in text
-    assert text.count("<svg") == 4 and "lpips vs edit strength" in text and "Runtime per edited image" in text
-    assert "disentanglement: sweep" in text
+    # line charts: fid, lpips, oracle_success; runtime bars; heatmaps: disentanglement and oracle matrix
+    assert text.count("<svg") == 6 and "lpips vs edit strength" in text and "Runtime per edited image" in text
+    assert "disentanglement: sweep" in text and "oracle changed: sweep · m · strength 2" in text
     assert '"commit": "0000000000000000000000000000000000000000"' in text
     # strength sweep columns sorted; the failed unit shown as such
     sweep = text.split("<h3 id=\"grid-sweep")[1].split("</table>")[0]
     assert re.findall(r"<th>strength ([^<]+)</th>", sweep) == ["-1", "0.5", "2"]
-    assert sweep.count("<tr>") == 4 + 0 and sweep.count("<img") == 4 * 4  # 4 samples x (original + 3)
+    assert sweep.count("<tr>") == 1 + 4 and sweep.count("<img") == 4 * 4  # 4 samples x (original + 3)
     sd = text.split("<h3 id=\"grid-sd")[1].split("</table>")[0]
     assert 'class="failed"' in sd and "5 samples (item, seed)" in text
 
@@ -73,9 +81,9 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         assert driver.title.startswith("Run g")
         widths = driver.execute_script(
             "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
-        assert len(widths) == 4 * 4 + 2 * 4 - 0  # sweep grid 4 x 4, sd grid 4 done samples x 2
+        assert len(widths) == 4 * 4 + 4 * 2  # sweep grid: 4 samples x 4; sd grid: 4 done samples x 2
         assert all(complete and w > 0 for _, complete, w in widths), widths
-        assert driver.execute_script("return document.querySelectorAll('svg').length;") == 4
+        assert driver.execute_script("return document.querySelectorAll('svg').length;") == 6
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert severe == []
         shot = tmp_path / "report.png"

@@ -7,7 +7,7 @@ import pytest
 
 from harness.reports import load_run
 from harness.reports.paper_tables import load_published, paper_tables, render_paper_tables
-from tests.harness.reports.conftest import HSPACE_ATTRS, SVD_ATTRS, SVD_OURS, hspace_run, hspace_value, svd_run
+from tests.harness.reports.conftest import HSPACE_ATTRS, SVD_OURS, hspace_run, hspace_value, svd_run
 from tests.harness.reports.test_latex import check_tabular
 
 
@@ -104,3 +104,15 @@ def test_paper_tables_latex(tmp_path: Path) -> None:
     check_tabular(tex)
     assert tex.count(r"\begin{tabular}") == 3
     assert r"Edit \textbackslash{} Effect" in tex and r"ours $-$ paper" in tex
+
+
+def test_run_without_metrics_says_so(tmp_path: Path) -> None:
+    import shutil
+
+    run = svd_run(tmp_path / "svd")
+    shutil.rmtree(run / "metrics")
+    [table] = paper_tables(load_run(run), ["svd"])
+    assert table.missing == ["no metrics/aggregates.parquet in the run: run `harness metrics RUN` for fid, "
+                             "clip_score, lpips"]
+    assert "|  | ours | n/a / n/a / n/a |" in render_paper_tables([table])  # runtime still shown from the rows
+    assert table.cells.set_index(["method", "row"]).loc[("sd", "runtime"), "ours"] == pytest.approx(2.0)

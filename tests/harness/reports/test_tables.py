@@ -133,3 +133,21 @@ def test_markdown_escapes_pipes() -> None:
     from harness.reports.render import TextTable
 
     assert "a\\|b" in to_markdown(TextTable(["x"], [["a|b"]], [False]))
+
+
+def test_oracle_metrics_rank_higher_and_matrices_are_not_columns(tmp_path: Path) -> None:
+    oracle = {"implementation": "oracle", "library_version": "1", "backbone": "world-oracle", "weights_sha256": "",
+              "resize": "none", "metric_version": 1}
+    rows, pim = [], []
+    for method, success in (("good", 1.0), ("bad", 0.0)):
+        for seed in (0, 1):
+            r = unit(method, "color", seed)
+            rows.append(r)
+            pim += [per_image(r, "oracle_success", success, oracle), per_image(r, "oracle_changed:shape", 1.0, oracle),
+                    per_image(r, "reconstruction_psnr", 30.0 + success, oracle)]
+    board = build_leaderboard([load_run(make_run(tmp_path / "r", rows, pim))])
+    assert [c.name for c in board.columns] == ["edit_s_per_image", "prepare_s", "oracle_success",
+                                               "reconstruction_psnr"]
+    f = board.to_frame()
+    assert {f.loc[i, "method"] for i in board.best["oracle_success"]} == {"good"}
+    assert {f.loc[i, "method"] for i in board.best["reconstruction_psnr"]} == {"good"}

@@ -1,0 +1,273 @@
+"""Park et al. (NeurIPS 2023, arXiv:2307.12868) local latent basis from the pullback metric, as the seed-000 baseline.
+
+methods-spec §7 and §9 items 13, 21. With f: x_t ↦ h the encoder half of the UNet (input up to the
+mid-block output) and J_x = ∂h/∂x_t, the pullback metric is ‖dx‖² = dxᵀ J_xᵀ J_x dx, and the local basis
+is the top right singular vectors v_1..v_n of J_x, found by subspace iteration (methods/_subspace.py,
+batched JVP/VJP of x ↦ h; official `local_encoder_pullback_zt`, `pca_rank` = 2 in the editing call).
+
+Edit, for a request of strength s:
+1. denoise with the original prompt and the run's CFG to step t_edit (nearest grid step to t_edit·T,
+   the official rule `(timesteps − edit_t·1000).abs().argmin()`);
+2. compute the basis at (x_{t_edit}, t_edit, c_edit), c_edit = the target prompt's embedding without CFG
+   ("weakly supervised" variant with edit prompt = target prompt, A10), as the official `get_h` does;
+3. x-space guidance (official `x_space_guidance`), N_g times:
+       x ← x + s·λ·[ε(x + δ·v_k, t_edit, c_edit) − ε(x, t_edit, c_edit)]
+   (ε conditional on c_edit, no CFG, as in the official code). The request strength multiplies λ
+   [ASSUMPTION: the official code sweeps the iterate count instead; scaling λ keeps N_g fixed and makes
+   strength 0 the unedited image]. guidance="plain" is the paper's x' = x + s·plain_scale·v_k instead;
+4. continue DDIM from t_edit to 0 with the original prompt and the run's CFG (A9; the official default is
+   no CFG and an empty forward prompt, §9.21).
+The component k and the sign are chosen per request among {pc0..pc(n−1)} × {+, −} by the highest scorer
+value of the finished image against the target prompt (A10: the official use is manual), and recorded in
+EditOutput.info. Unconditional models are supported too (no prompt; Park et al.'s CelebA setting uses
+λ = 0.1 and N_g = 16, configure them).
+
+Options:
+- pca_rank (int, 2): n, the basis size; convergence (StopCriterion): Park et al.'s rule, stop when
+  max |V − V_prev| <= 1e-4 after more than 10 iterations, at most 50.
+- t_edit (float, 0.7): edit time as a fraction of T.
+- guidance ("x-space" | "plain", "x-space"); delta (float, 1.0): δ; lam (float, 1.0): λ;
+  n_guidance (int, 64): N_g; plain_scale (float, 1.0): γ per unit strength for guidance="plain"
+  (v_k has unit norm in x-space).
+- edit_prompt ("target" | "original", "target"): prompt the basis and the guidance are conditioned on.
+- component (int | None, None): fix the basis vector (None: automatic choice); sign ("auto" |
+  "positive" | "negative", "auto").
+- select_strength (float | None, None): strength at which the automatic choice is made; None = each
+  request's own strength (the chosen candidate is the output); a number makes the choice the same
+  across a strength sweep of one sample, then applies it at the request's strength.
+- scorer (ScorerSpec, kind "clip"): the image scorer of the automatic choice (methods/_scorers.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+
+from harness.config import SamplerConfig
+from harness.diffusion import Schedule, denoise, predict_eps
+from harness.diffusion.autodiff import batched_jvp, batched_vjp
+from harness.diffusion.backbone import Backbone
+from harness.diffusion.sampler import Condition
+from harness.errors import ConfigError
+from harness.hashing import stable_seed
+from methods._common import original_condition, pairs, start_noise
+from methods._scorers import Scorer, ScorerSpec, make_scorer
+from methods._subspace import StopCriterion, SubspaceResult, subspace_iteration, working_dtype
+from methods.base import EditMethod, EditOutput, EditRequest, register_method
+
+
+def _park_convergence() -> StopCriterion:
+    return StopCriterion(kind="vectors", tol=1e-4, patience=1, max_iters=50, min_iters=10)
+
+
+@dataclass(frozen=True)
+class ParkOptions:
+    pca_rank: int = 2
+    convergence: StopCriterion = field(default_factory=_park_convergence)
+    t_edit: float = 0.7
+    guidance: Literal["x-space", "plain"] = "x-space"
+    delta: float = 1.0
+    lam: float = 1.0
+    n_guidance: int = 64
+    plain_scale: float = 1.0
+    edit_prompt: Literal["target", "original"] = "target"
+    component: int | None = None
+    sign: Literal["auto", "positive", "negative"] = "auto"
+    select_strength: float | None = None
+    scorer: ScorerSpec = field(default_factory=ScorerSpec)
+
+    def validate(self, prefix: str) -> None:
+        if self.pca_rank < 1:
+            raise ConfigError(f"{prefix}.pca_rank", self.pca_rank, "an integer >= 1")
+        if not 0.0 <= self.t_edit <= 1.0:
+            raise ConfigError(f"{prefix}.t_edit", self.t_edit, "a fraction of T in [0, 1]")
+        if self.n_guidance < 0:
+            raise ConfigError(f"{prefix}.n_guidance", self.n_guidance, "an integer >= 0")
+        if self.component is not None and not 0 <= self.component < self.pca_rank:
+            raise ConfigError(f"{prefix}.component", self.component,
+                              f"null or an integer in [0, pca_rank-1 = {self.pca_rank - 1}]")
+
+
+# ----------------------------------------------------------------------------------------------
+# f: x_t ↦ h and its local basis
+
+class _ReachedH(Exception):
+    """Raised by the mid-block hook to skip the decoder half once h is known."""
+
+
+def encoder_h(backbone: Backbone, t: int, emb: torch.Tensor | None):
+    """f(x) = mid-block output of the UNet at (x, t, emb) for a batch x (n, C, H, W); emb (1, L, D) or None.
+
+    The forward pass stops at the mid block (the up path does not influence h), which halves the cost
+    of every JVP/VJP.
+    """
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        store: dict[str, torch.Tensor] = {}
+
+        def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
+            store["h"] = output
+            raise _ReachedH
+
+        handle = backbone.unet.mid_block.register_forward_hook(hook)
+        try:
+            if emb is None:
+                backbone.unet(x, t)
+            else:
+                backbone.unet(x, t, encoder_hidden_states=emb.expand(x.shape[0], *emb.shape[1:]))
+        except _ReachedH:
+            pass
+        finally:
+            handle.remove()
+        return store["h"]
+
+    return f
+
+
+def pullback_basis(backbone: Backbone, x: torch.Tensor, t: int, emb: torch.Tensor | None, rank: int, *,
+                   stop: StopCriterion = _park_convergence(), generator: torch.Generator | None = None,
+                   compute_u: bool = False) -> SubspaceResult:
+    """Top-`rank` right singular vectors (x-space, (rank, C, H, W)) of ∂h/∂x at one sample x (1, C, H, W)."""
+    f = encoder_h(backbone, t, emb)
+    x = x.to(backbone.dtype)
+
+    def jvp(vs: torch.Tensor) -> torch.Tensor:
+        return batched_jvp(f, x, vs.to(backbone.dtype))
+
+    def vjp(us: torch.Tensor) -> torch.Tensor:
+        return batched_vjp(f, x, us.to(backbone.dtype))
+
+    return subspace_iteration(jvp, vjp, x.shape[1:], rank, stop=stop, generator=generator,
+                              dtype=working_dtype(backbone.dtype), device=backbone.device, compute_u=compute_u)
+
+
+def x_space_guidance(backbone: Backbone, x: torch.Tensor, v: torch.Tensor, t: int, cond: Condition | None,
+                     delta: float, lam: torch.Tensor, steps: int) -> torch.Tensor:
+    """x ← x + λ·[ε(x + δv) − ε(x)], `steps` times; x, v (N, C, H, W), λ (N,), cond for N samples (no CFG)."""
+    both = None if cond is None else Condition(torch.cat([cond.cond, cond.cond]), torch.cat([cond.uncond, cond.uncond]),
+                                               guidance_scale=1.0)
+    lam = lam.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    for _ in range(steps):
+        eps_plus, eps = predict_eps(backbone, torch.cat([x + delta * v, x]), t, both).chunk(2)
+        x = x + lam * (eps_plus - eps)
+    return x
+
+
+_SCORERS: dict[tuple[str, str], Scorer] = {}
+
+
+def cached_scorer(spec: ScorerSpec, device: torch.device | str) -> Scorer:
+    """Scorers (CLIP weights) load once per process."""
+    key = (repr((spec.kind, sorted(spec.options.items()))), str(device))
+    if key not in _SCORERS:
+        _SCORERS[key] = make_scorer(spec, device=device)
+    return _SCORERS[key]
+
+
+# ----------------------------------------------------------------------------------------------
+# The method
+
+@register_method("park")
+class ParkPullback(EditMethod):
+    families = ("text", "unconditional")
+    Options = ParkOptions
+
+    def _candidates(self) -> list[tuple[int, int]]:
+        o = self.options
+        comps = range(o.pca_rank) if o.component is None else [o.component]
+        signs = {"auto": (1, -1), "positive": (1,), "negative": (-1,)}[o.sign]
+        return [(c, s) for c in comps for s in signs]
+
+    def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
+             sampler: SamplerConfig) -> list[EditOutput]:
+        o = self.options
+        text = backbone.family == "text"
+        schedule = Schedule.from_backbone(backbone, sampler.num_steps)
+        i_edit = schedule.step_index(o.t_edit)
+        t = schedule.timesteps[i_edit]
+        x_T, noises = start_noise(backbone, requests, sampler)
+        cond = original_condition(backbone, requests, sampler)
+        x_e = denoise(backbone, x_T, schedule, cond, stop=i_edit, eta=sampler.eta, noises=noises)
+        x0 = denoise(backbone, x_e, schedule, cond, start=i_edit, eta=sampler.eta, noises=noises)
+        originals = backbone.decode(x0)
+
+        def edit_prompt(r: EditRequest) -> str:
+            return (r.item.target_prompt or r.item.prompt) if o.edit_prompt == "target" else r.item.prompt
+
+        embs = [backbone.encode_text([edit_prompt(r)]) if text else None for r in requests]
+
+        # Local basis per sample (requests of one sample and prompt share it).
+        cache: dict[tuple[int, str, str], SubspaceResult] = {}
+        bases = []
+        for b, r in enumerate(requests):
+            key = (r.seed, r.item.prompt, edit_prompt(r)) if text else (r.seed, "", "")
+            if key not in cache:
+                generator = torch.Generator().manual_seed(stable_seed("park-init", int(r.seed)))
+                cache[key] = pullback_basis(backbone, x_e[b:b + 1], t, embs[b], o.pca_rank, stop=o.convergence,
+                                            generator=generator)
+            bases.append(cache[key])
+
+        def run(rows: list[tuple[int, int, int, float]]) -> torch.Tensor:
+            """Images for rows (request b, component c, sign s, strength)."""
+            if not rows:
+                return originals[:0]
+            idx = [b for b, _, _, _ in rows]
+            x = x_e[idx]
+            v = torch.stack([s * bases[b].V[c] for b, c, s, _ in rows]).to(x.device, x.dtype)
+            strength = torch.tensor([st for _, _, _, st in rows], dtype=x.dtype)
+            if o.guidance == "plain":
+                x_new = x + (strength * o.plain_scale).to(x.device).view(-1, 1, 1, 1) * v
+            else:
+                x_new = x.clone()
+                active = [n for n in range(len(rows)) if strength[n] != 0]  # strength 0 leaves x as it is
+                if active:
+                    emb = torch.cat([embs[idx[n]] for n in active]) if text else None
+                    c_edit = Condition(emb, emb, 1.0) if text else None
+                    x_new[active] = x_space_guidance(backbone, x[active], v[active], t, c_edit, o.delta,
+                                                     strength[active] * o.lam, o.n_guidance)
+            images = originals[idx].clone()
+            changed = [n for n in range(len(rows)) if not torch.equal(x_new[n], x[n])]
+            if changed:  # an unchanged x_{t_edit} continues exactly as the original did
+                rows_cond = None if cond is None else Condition(cond.cond[[idx[n] for n in changed]],
+                                                                cond.uncond[[idx[n] for n in changed]],
+                                                                cond.guidance_scale)
+                z = None if noises is None else noises[[idx[n] for n in changed]]
+                out = denoise(backbone, x_new[changed], schedule, rows_cond, start=i_edit, eta=sampler.eta, noises=z)
+                images[changed] = backbone.decode(out)
+            return images
+
+        def prompt_for_score(r: EditRequest) -> str:
+            return r.item.target_prompt or r.item.prompt or r.item.attribute
+
+        candidates = self._candidates()
+        chosen: list[tuple[int, int]] = [candidates[0]] * len(requests)
+        scores: list[float | None] = [None] * len(requests)
+        edited: list[torch.Tensor | None] = [None] * len(requests)
+        if len(candidates) > 1:
+            sel = [r.strength if o.select_strength is None else o.select_strength for r in requests]
+            rows = [(b, c, s, sel[b]) for b in range(len(requests)) for c, s in candidates]
+            images = run(rows)
+            scorer = cached_scorer(o.scorer, backbone.device)
+            m = len(candidates)
+            for b, r in enumerate(requests):
+                values = scorer(images[b * m:(b + 1) * m], prompt_for_score(r)).float().cpu()
+                best = int(torch.argmax(values))  # ties: the first candidate
+                chosen[b], scores[b] = candidates[best], float(values[best])
+                if sel[b] == r.strength:
+                    edited[b] = images[b * m + best]
+        todo = [b for b in range(len(requests)) if edited[b] is None]
+        if todo:
+            images = run([(b, *chosen[b], requests[b].strength) for b in todo])
+            for n, b in enumerate(todo):
+                edited[b] = images[n]
+
+        info = []
+        for b in range(len(requests)):
+            c, s = chosen[b]
+            item = {"component": c, "sign": s, "edit_step": i_edit, "sigma": float(bases[b].S[c]),
+                    "iterations": bases[b].iterations, "converged": bases[b].converged}
+            if scores[b] is not None:
+                item["score"] = scores[b]
+            info.append(item)
+        return pairs(originals, torch.stack(edited), info)
