@@ -4,6 +4,7 @@
     harness status RUN_DIR
     harness methods | suites | models
     harness metrics RUN_DIR
+    harness verify RUN_DIR [--sample N]
     harness report RUN… [--format md|tex|csv|parquet|html] [--sort METRIC] [--out PATH]
     harness leaderboard RUN… [--format md|tex|csv|parquet] [--sort METRIC] [--out PATH]
     harness paper-tables RUN [--table svd|hspace] [--format md|tex] [--strength S] [--out PATH]
@@ -187,6 +188,24 @@ def cmd_paper_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from harness.verify import verify_run
+
+    report = verify_run(args.run_dir, args.sample)
+    print(f"[harness] verify: {report.identical}/{report.checked} images byte-identical on re-generation")
+    for item in report.differing:
+        print(f"[harness]   differs: {item}")
+    return 0 if report.ok else 1
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    """`harness world check [options]`: the embedded world's figures (python -m harness.world.check)."""
+    from harness.world.check import main as check_main
+
+    check_main(list(args.world_args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Latent-space image-editing benchmark harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     for name in ("methods", "suites", "models"):
         sub.add_parser(name, help=f"list registered {name}").set_defaults(func=cmd_list)
+    verify = sub.add_parser("verify", help="re-generate a sample of a run's batches and compare PNG bytes")
+    verify.add_argument("run_dir")
+    verify.add_argument("--sample", type=int, default=4, help="batches to re-generate")
+    verify.set_defaults(func=cmd_verify)
+    world = sub.add_parser("world", help="the embedded world: `harness world check` prints its figures")
+    world.add_argument("action", choices=["check"])
+    world.add_argument("world_args", nargs=argparse.REMAINDER, help="options of python -m harness.world.check")
+    world.set_defaults(func=cmd_world)
     metrics = sub.add_parser("metrics", help="compute metrics of a run")
     metrics.add_argument("run_dir")
     metrics.add_argument("overrides", nargs="*", help="metrics.* overrides, e.g. metrics.fid.backbone=random-test")
@@ -233,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before or after flags: collect stray key=value words for `run`.
     args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command == "world":
+            args.world_args = list(args.world_args) + extra
+            extra = []
     if extra:
         if args.command not in ("run", "metrics") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -29,7 +29,7 @@ MODELS_FILE = CONFIG_DIR / "models.yaml"
 @dataclass(frozen=True)
 class ModelSpec:
     family: str
-    """"unconditional" (pixel UNet2DModel) or "text" (latent UNet2DConditionModel + VAE + text encoder)."""
+    """"unconditional" (UNet2DModel) or "text" (UNet2DConditionModel + text encoder, with a VAE when latent)."""
     pretrained: str | None = None
     """Hugging Face id or local directory loaded with diffusers' from_pretrained."""
     factory: str | None = None
@@ -242,13 +242,14 @@ def _load_pretrained(spec: ModelSpec) -> dict[str, Any]:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         unet = UNet2DConditionModel.from_pretrained(directory, subfolder="unet", **kw)
-        vae = AutoencoderKL.from_pretrained(directory, subfolder="vae", **kw)
+        # Latent models have a VAE; pixel-space text-conditional models (the embedded world's) do not.
+        vae = AutoencoderKL.from_pretrained(directory, subfolder="vae", **kw) if (directory / "vae").is_dir() else None
         parts = {
             "unet": unet, "vae": vae,
             "text_encoder": CLIPTextModel.from_pretrained(directory, subfolder="text_encoder", **kw),
             "tokenizer": CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer", **kw),
         }
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         size = unet.config.sample_size
         parts["resolution"] = (size if isinstance(size, int) else size[0]) * factor
     else:

@@ -195,7 +195,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     results: dict[str, Any] = {}
     clip = None
-    has = lambda d, sub: (d / sub).is_dir()  # noqa: E731
 
     if (args.clip / "config.json").is_file():
         clip = WorldClip(args.clip)
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ref_feats = clip.features(render_batch(ref_scenes, 32))
 
     samples_uncond = None
-    if has(args.ddpm, "unet"):
+    if (args.ddpm / "unet").is_dir():
         t0 = time.time()
         samples_uncond = sample_unconditional(args.ddpm, args.n_uncond, args.steps, args.seed)
         readings = [read_scene(im) for im in samples_uncond]
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"DDPM: no checkpoint at {args.ddpm}")
 
     samples_text = None
-    if has(args.text2img, "unet"):
+    if (args.text2img / "unet").is_dir():
         t0 = time.time()
         scenes = sample_scenes(args.n_text, seed=args.seed + 4242, split=args.prompt_split)
         samples_text = sample_text(args.text2img, [caption(s) for s in scenes], args.guidance, args.steps, args.seed)

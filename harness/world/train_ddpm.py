@@ -85,37 +85,46 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the EMA weights saved in --out")
+    p.add_argument("--start-step", type=int, default=0, help="data/step offset when resuming (fresh batches)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    unet = build_unet(args.resolution).to(device)
+    if args.resume:
+        from diffusers import UNet2DModel
+
+        # Only the EMA weights are saved, so a resumed run restarts its raw weights from them.
+        unet = UNet2DModel.from_pretrained(args.out, subfolder="unet").to(device)
+    else:
+        unet = build_unet(args.resolution).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = build_scheduler()
     alphas = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "loss.csv", "w", newline="")
+    log = open(args.out / "loss.csv", "a" if args.resume else "w", newline="")
     writer = csv.writer(log)
-    writer.writerow(["step", "loss", "seconds"])
+    if not args.resume:
+        writer.writerow(["step", "loss", "seconds"])
     g = torch.Generator(device="cpu").manual_seed(args.seed)
     start = time.time()
-    step = 0
-    while step < args.max_steps and time.time() - start < args.minutes * 60:
+    step = args.start_step
+    while step < args.start_step + args.max_steps and time.time() - start < args.minutes * 60:
         x0 = batch_images(step, args.batch_size, args.resolution, args.seed).to(device)
         t = torch.randint(0, 1000, (x0.shape[0],), generator=g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample, noise)
         for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+            group["lr"] = args.lr * min(1.0, (step - args.start_step + 1) / args.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
-            decay = min(args.ema, (1 + step) / (10 + step))
+            decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
             for pe, pu in zip(ema.parameters(), unet.parameters()):
                 pe.mul_(decay).add_(pu.detach(), alpha=1 - decay)
         step += 1

@@ -171,3 +171,18 @@ def test_hung_unit_times_out_and_is_recorded(ray_session, tmp_path, undisturbed,
     assert victim in set(timed_out.unit_key) and timed_out.error.str.contains("timed out").all()
     assert (rows.status == "done").sum() >= 2
     assert_done_images_match(store, undisturbed)
+
+
+def test_verify_reports_identical_and_tampered_images(tmp_path, undisturbed, capsys) -> None:
+    from harness.cli import main
+
+    assert main(["verify", str(undisturbed.root), "--sample", "2"]) == 0
+    assert "8/8 images byte-identical" in capsys.readouterr().out  # 2 batches x 2 units x (original, edit)
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(undisturbed.root, copy)
+    victim = sorted((copy / "images").rglob("*.edit.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:-20] + b"\0" * 20)
+    assert main(["verify", str(copy), "--sample", "2"]) == 1
+    assert victim.name in capsys.readouterr().out
