@@ -157,31 +157,49 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    results: dict[str, list[float]] = {"bare loop": [], "in-process executor": [], "ray, 1 worker": []}
+    # Each path runs N and 2N units: end-to-end images/s includes fixed costs (Ray start, model load);
+    # the marginal rate N / (t(2N) - t(N)) is the steady state a long leaderboard run sees.
+    paths = {"bare loop": lambda a, r: bare_loop(a, tmp),
+             "in-process executor": lambda a, r: harness_run(a, "inprocess", tmp, f"inproc{a.units}-{r}"),
+             "ray, 1 worker": lambda a, r: harness_run(a, "ray", tmp, f"ray{a.units}-{r}")}
+    small, large = argparse.Namespace(**vars(args)), argparse.Namespace(**{**vars(args), "units": 2 * args.units})
+    results: dict[str, dict[int, list[float]]] = {name: {args.units: [], 2 * args.units: []} for name in paths}
+    from harness.executors.ray_executor import ensure_ray
+
+    ensure_ray(None)  # one Ray instance for all repeats, as a cluster joined with --address would be
     try:
         bare_loop(args, tmp)  # warm-up: imports, model build, kernels
         for r in range(args.repeats):
-            results["bare loop"].append(bare_loop(args, tmp))
-            results["in-process executor"].append(harness_run(args, "inprocess", tmp, f"inproc{r}"))
-            results["ray, 1 worker"].append(harness_run(args, "ray", tmp, f"ray{r}"))
+            for name, run in paths.items():
+                for a in (small, large):
+                    results[name][a.units].append(run(a, r))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     flops, family = unet_flops_per_call(args.model, 1)
     per_image = flops * unet_calls_per_image(args.method, family, args.steps)
     rate = matmul_rate()
-    base = args.units / statistics.median(results["bare loop"])
+    def rates(name: str) -> tuple[float, float]:
+        t1, t2 = (statistics.median(results[name][n]) for n in (args.units, 2 * args.units))
+        return 2 * args.units / t2, (args.units / (t2 - t1) if t2 > t1 else float("nan"))
+
+    base_e2e, base = rates("bare loop")
     lines = [
-        f"### {args.method} on {args.model}: {args.units} units, batch {args.batch_size}, {args.steps} DDIM steps",
+        f"### {args.method} on {args.model}: {args.units} and {2 * args.units} units, batch {args.batch_size}, "
+        f"{args.steps} DDIM steps",
         "",
         f"device: {device_name()}; date {datetime.now(timezone.utc).date()}; torch {torch.__version__}; "
-        f"median of {args.repeats} after warm-up",
+        f"median of {args.repeats} after warm-up; load average at start {os.getloadavg()[0]:.2f}; "
+        "the Ray instance is started once before timing (as when joining a cluster); actor start and "
+        "model load are inside the timed region",
         "",
-        "| path | images/s | ratio to bare loop |",
-        "|---|---|---|",
+        "| path | images/s end to end (2N units) | ratio | images/s marginal (steady state) | ratio |",
+        "|---|---|---|---|---|",
     ]
-    for name, times in results.items():
-        ips = args.units / statistics.median(times)
-        lines.append(f"| {name} | {ips:.3f} | {ips / base:.3f} |")
+    for name in paths:
+        e2e, marginal = rates(name)
+        m = "n/a (timing noise exceeds the marginal cost)" if marginal != marginal else f"{marginal:.3f}"
+        mr = "n/a" if marginal != marginal else f"{marginal / base:.3f}"
+        lines.append(f"| {name} | {e2e:.3f} | {e2e / base_e2e:.3f} | {m} | {mr} |")
     if per_image:
         achieved = per_image * base
         lines += ["", f"UNet FLOPs per forward (batch 1): {flops / 1e9:.3f} GFLOP; per edited image: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
@@ -22,12 +23,23 @@ def _type_name(tp: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (tuple, list):
+        if _fixed_length(tp):
+            return "[" + ", ".join(_type_name(a) for a in get_args(tp)) + "]"
         return f"list of {_type_name(get_args(tp)[0])}"
     if origin is dict:
         return "mapping"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
+
+
+def _fixed_length(tp: Any) -> bool:
+    """A tuple type listing two or more element types (tuple[str, str], not tuple[str, ...]): exactly that many values.
+
+    tuple[X] with a single type keeps meaning "a list of X", as it always has here.
+    """
+    args = get_args(tp)
+    return get_origin(tp) is tuple and len(args) > 1 and Ellipsis not in args
 
 
 def coerce(tp: Any, value: Any, key: str) -> Any:
@@ -52,20 +64,25 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
         if value not in get_args(tp):
             raise ConfigError(key, value, [str(a) for a in get_args(tp)])
         return value
+    if _fixed_length(tp):
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(key, value, f"a list of exactly {len(args)} values {_type_name(tp)}")
+        return tuple(coerce(arg, v, f"{key}[{i}]") for i, (arg, v) in enumerate(zip(args, value)))
     if origin in (tuple, list):
         (inner, *rest) = get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, value, f"a list of {_type_name(inner)}", "write it as a YAML list, e.g. [a, b]")
         return tuple(coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):
             raise ConfigError(key, value, "a mapping")
         _, vt = get_args(tp) or (str, Any)
         return {str(k): coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):
             raise ConfigError(key, value, f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}")
         return from_dict(tp, value, prefix=key)
     if tp is bool:
@@ -89,9 +106,12 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(key, value, _type_name(tp))
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from `data`; unknown keys and wrong types raise ConfigError."""
-    if not isinstance(data, dict):
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from `data`; unknown keys and wrong types raise ConfigError.
+
+    After construction, the object's `validate(prefix)` method, if it has one, checks values across fields.
+    """
+    if not isinstance(data, Mapping):
         raise ConfigError(prefix or cls.__name__, data, "a mapping")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}

@@ -1,5 +1,7 @@
 """h-space pieces the Haas et al. (FG 2024) methods share: trajectories of h, streaming PCA, projections.
 
+- `prompt_key`, `prompt_groups`, `require_attributes`: which prompt a direction belongs to (text models learn
+  one per item prompt), and the check that attributes named in options exist in the suite.
 - `sample_seeds`, `record_batches`: draw N fresh samples in batches with the run's sampler (fixed z's for
   η > 0, the item's prompt and CFG for text models) and record h_{T:1} (the conditional half) with the
   shared `denoise` + `Trace`; optionally decode the images too.
@@ -15,13 +17,14 @@
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from harness.config import SamplerConfig
 from harness.diffusion import Schedule, Trace, denoise, initial_noise, make_condition
 from harness.diffusion.backbone import Backbone
+from harness.errors import ConfigError
 from harness.hashing import stable_seed
 from harness.suites import Suite, SuiteItem
 from methods.base import EditOutput, EditRequest
@@ -41,6 +44,13 @@ def prompt_groups(backbone: Backbone, suite: Suite) -> dict[str, list[SuiteItem]
     for item in suite.items:
         groups.setdefault(prompt_key(backbone, item), []).append(item)
     return groups
+
+
+def require_attributes(suite: Suite, names: Iterable[str], key: str) -> None:
+    """Refuse option-named attributes the suite does not declare (ConfigError naming `key`, e.g. options.components)."""
+    for name in names:
+        if name not in suite.attributes:
+            raise ConfigError(key, name, sorted(suite.attributes), f"no such attribute in suite {suite.name!r}")
 
 
 # -- recording h_{T:1} ---------------------------------------------------------------------------

@@ -41,7 +41,8 @@ from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
 from methods._hspace import (
-    TimestepIPCA, align_signs, edit_with_deltas, prompt_groups, prompt_key, record_batches, sample_seeds,
+    TimestepIPCA, align_signs, edit_with_deltas, prompt_groups, prompt_key, record_batches, require_attributes,
+    sample_seeds,
 )
 
 
@@ -113,10 +114,7 @@ class HSpacePCA(EditMethod):
 
     def prepare(self, backbone: Backbone, ctx: PrepareContext) -> dict:
         opts = self.options
-        for attr in opts.components:
-            if attr not in ctx.suite.attributes:
-                raise ConfigError("options.components", attr, sorted(ctx.suite.attributes),
-                                  f"no such attribute in suite {ctx.suite.name!r}")
+        require_attributes(ctx.suite, opts.components, "options.components")
         shape = h_shape(backbone)
         seeds = sample_seeds(ctx.seed, opts.n_samples, "hspace-pca")
         groups = {key: pca_state(fit_pca(backbone, seeds, ctx.sampler, key, opts), shape, opts.n_components)

@@ -42,7 +42,9 @@ from harness.config import SamplerConfig
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
-from methods._hspace import edit_with_deltas, project_out, prompt_groups, prompt_key, record_batches, sample_seeds
+from methods._hspace import (
+    edit_with_deltas, project_out, prompt_groups, prompt_key, record_batches, require_attributes, sample_seeds,
+)
 from methods._scorers import ScorerSpec, make_scorer
 
 DisentangleFrom = Literal["all_others"] | tuple[str, ...] | dict[str, tuple[str, ...]] | None
@@ -100,10 +102,7 @@ class Supervised(EditMethod):
     def prepare(self, backbone: Backbone, ctx: PrepareContext) -> dict:
         opts = self.options
         used = list(dict.fromkeys(it.attribute for it in ctx.suite.items))
-        for name in named_attributes(opts.disentangle_from):
-            if name not in ctx.suite.attributes:
-                raise ConfigError("options.disentangle_from", name, sorted(ctx.suite.attributes),
-                                  f"no such attribute in suite {ctx.suite.name!r}")
+        require_attributes(ctx.suite, named_attributes(opts.disentangle_from), "options.disentangle_from")
         attributes = list(dict.fromkeys(used + named_attributes(opts.disentangle_from)))
         removal = removal_sets(attributes, opts.disentangle_from)
         scorer = make_scorer(opts.scorer, device=backbone.device)

@@ -1,17 +1,26 @@
 """MetricsConfig: the `metrics:` section of a run config, as frozen dataclasses.
 
-`MetricsConfig.from_dict` is the schema check: unknown keys and wrong types raise ConfigError
-naming the dotted key (e.g. `metrics.fid.batch_size`).
+`MetricsConfig.from_dict` is the schema check (harness.schema.from_dict, as for the rest of a run config):
+unknown keys and wrong types raise ConfigError naming the dotted key (e.g. `metrics.fid.batch_size`);
+each section's `validate` refuses sizes below 1.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Mapping
 
 from harness.errors import ConfigError
+from harness import schema
 from metrics.clip import TABLE_I_PROMPTS
+
+
+def _require_positive(obj: Any, prefix: str, *names: str) -> None:
+    """Positive sizes: a zero batch would loop forever."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < 1:
+            raise ConfigError(f"{prefix}.{name}" if prefix else name, value, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,9 @@ class FIDConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # reduced to min(n_eval, n_ref) with a warning when larger
 
+    def validate(self, prefix: str) -> None:
+        _require_positive(self, prefix, "batch_size", "kid_subsets", "kid_subset_size", "feature_dim")
+
 
 @dataclass(frozen=True)
 class ClipConfig:
@@ -41,6 +53,9 @@ class ClipConfig:
     batch_size: int = 32
     seed: int = 0
 
+    def validate(self, prefix: str) -> None:
+        _require_positive(self, prefix, "batch_size")
+
 
 @dataclass(frozen=True)
 class LPIPSConfig:
@@ -49,6 +64,9 @@ class LPIPSConfig:
     random_backbone: bool = False  # tests only: lpips pnet_rand=True, labelled in provenance
     seed: int = 0
     batch_size: int = 16
+
+    def validate(self, prefix: str) -> None:
+        _require_positive(self, prefix, "batch_size")
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,9 @@ class DisentanglementConfig:
     repeat_column: str = "seed"  # rows column that identifies a repetition
     signed: bool = False
     batch_size: int = 32
+
+    def validate(self, prefix: str) -> None:
+        _require_positive(self, prefix, "batch_size")
 
 
 @dataclass(frozen=True)
@@ -77,55 +98,8 @@ class MetricsConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, prefix: str = "metrics") -> MetricsConfig:
-        """Build from the parsed `metrics:` mapping; missing keys keep their defaults."""
-        return _build(cls, data or {}, prefix)
+        """Build from the parsed `metrics:` mapping; missing keys keep their defaults (harness.schema.from_dict)."""
+        return schema.from_dict(cls, data or {}, prefix)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(prefix, data, "a mapping")
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in hints:
-            raise ConfigError(f"{prefix}.{key}", data[key], names, "unknown key")
-    kwargs = {k: _coerce(f"{prefix}.{k}", v, hints[k]) for k, v in data.items()}
-    obj = cls(**kwargs)
-    for f in dataclasses.fields(cls):  # positive sizes: a zero batch would loop forever
-        if f.name in ("batch_size", "kid_subsets", "kid_subset_size", "feature_dim") and getattr(obj, f.name) < 1:
-            raise ConfigError(f"{prefix}.{f.name}", getattr(obj, f.name), "an integer >= 1")
-    return obj
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    origin, args = get_origin(tp), get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(key, value, [str(a) for a in args])
-        return value
-    if origin is dict:  # only dict[str, tuple[str, str]] (attribute prompts) is used
-        ok = isinstance(value, Mapping) and all(
-            isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(s, str) for s in v)
-            for k, v in value.items())
-        if not ok:
-            raise ConfigError(key, value, "a mapping attribute -> [positive prompt, negative prompt]")
-        return {k: tuple(v) for k, v in value.items()}
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, str):
-        return value
-    raise ConfigError(key, value, f"a value of type {getattr(tp, '__name__', tp)}")

@@ -99,19 +99,34 @@ class FolderReference:
     stats: FeatureStats
     features: np.ndarray
     reference_hash: str
+    skipped: str = ""
+    """Files left out (unreadable, or not the folder's common size), named in every FID row's warning."""
 
 
 def folder_reference(reference_dir: Path, run_dir: Path, backbone: Backbone, batch_size: int) -> FolderReference:
     """Features and statistics of every image in reference_dir (cached by content hash in run_dir)."""
     store = ImageStore(reference_dir)
-    rels = list_reference_images(reference_dir)
+    rels, skipped = [], []
+    for rel in list_reference_images(reference_dir):
+        try:
+            store.load_batch([rel])  # decodes fully: truncated files fail here, not mid-batch
+            rels.append(rel)
+        except Exception as exc:  # unreadable files are reported, and the rest of the folder is used
+            skipped.append(f"{rel} (unreadable: {type(exc).__name__})")
+    if rels:
+        sizes = [store.info(r)[1] for r in rels]
+        common = max(set(sizes), key=sizes.count)
+        skipped += [f"{r} (size {sz[1]}x{sz[0]}, folder's common size {common[1]}x{common[0]})"
+                    for r, sz in zip(rels, sizes) if sz != common]
+        rels = [r for r, sz in zip(rels, sizes) if sz == common]
     if len(rels) < 2:
         raise ValueError(f"reference folder {reference_dir} holds {len(rels)} images; FID needs at least 2")
     cache = FeatureCache(Path(run_dir) / "metrics", Provenance.of("features", backbone).key)
     shas = [store.sha(r) for r in rels]
     extract_features(zip(shas, rels), store, backbone, cache, batch_size)
     feats = np.stack([cache.get(s) for s in shas])
-    return FolderReference(features_to_stats(feats), feats, sha256_json(sorted(shas)))
+    note = f"reference folder: skipped {len(skipped)} file(s): {'; '.join(skipped)}" if skipped else ""
+    return FolderReference(features_to_stats(feats), feats, sha256_json(sorted(shas)), note)
 
 
 def fid_provenance(backbone: Backbone) -> Provenance:
@@ -130,6 +145,8 @@ def fid_rows(stats: dict[GroupKey, GroupStats], backbone: Backbone, folder: Fold
         else:
             res = fid_from_stats(s.edited, ref)
             value, warning = res.value, res.warning
+        if folder is not None and folder.skipped:
+            warning = "; ".join(w for w in (warning, folder.skipped) if w)
         out.append({**dict(zip(GROUP_KEYS, key)), "metric": "fid", "value": value, "n": s.edited.n,
                     "n_ref": ref.n, "warning": warning, "reference_hash": ref_hash, **prov.columns()})
     return pd.DataFrame(out)

@@ -4,19 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import SamplerConfig, run_config_from_dict
+from harness.config import SamplerConfig
 from harness.diffusion import h_shape
-from harness.models import load_backbone
-from harness.runner import execute, plan
-from harness.store import RunStore
 from harness.suites import load_suite
 from methods.base import EditRequest, PrepareContext
 from methods.hspace_pca import HSpacePCA, HSpacePCAOptions, step_scales
 from methods._hspace import TimestepIPCA, align_signs, record_batches, sample_seeds
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+from tests.methods.conftest import assert_strength_zero_unedited, run_through_harness, to_uint8
 
 
 def full_pca(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,28 +89,23 @@ OPTS = dict(n_samples=7, n_components=3, batch_size=3, fit_batch_size=4, sketch_
 
 
 @pytest.fixture(scope="module")
-def unet():
-    return load_backbone("tiny-unet")
-
-
-@pytest.fixture(scope="module")
 def suite():
     return load_suite("hspace_paper")
 
 
 @pytest.fixture(scope="module")
-def state(unet, suite):
+def state(tiny_unet, suite):
     ctx = PrepareContext(suite=suite, sampler=SAMPLER, seed=11)
-    return HSpacePCA(HSpacePCAOptions(**OPTS)).prepare(unet, ctx)
+    return HSpacePCA(HSpacePCAOptions(**OPTS)).prepare(tiny_unet, ctx)
 
 
-def test_prepare_matches_full_svd_of_recorded_h(unet, state) -> None:
+def test_prepare_matches_full_svd_of_recorded_h(tiny_unet, state) -> None:
     group = state["groups"][""]
     k, T = 3, SAMPLER.num_steps
-    assert group["components"].shape == (k, T, *h_shape(unet)) and group["n_samples"] == 7
+    assert group["components"].shape == (k, T, *h_shape(tiny_unet)) and group["n_samples"] == 7
     # Reference: record the same samples in one batch (other batching) and take a full SVD per step.
     seeds = sample_seeds(11, 7, "hspace-pca")
-    (_, hs, _), = list(record_batches(unet, seeds, SAMPLER, batch_size=7))
+    (_, hs, _), = list(record_batches(tiny_unet, seeds, SAMPLER, batch_size=7))
     ref_u, ref_s = full_pca(hs.flatten(2).transpose(0, 1).double(), k)
     torch.testing.assert_close(group["singular_values"].T, ref_s, rtol=1e-4, atol=0)
     u = group["components"].flatten(2).double()  # (k, T, d)
@@ -124,35 +113,45 @@ def test_prepare_matches_full_svd_of_recorded_h(unet, state) -> None:
     assert ((u[:, :1] * u).sum(-1) >= 0).all(), "signs aligned across steps"
 
 
-def test_strength_zero_is_byte_identical_and_edits_are_deterministic(unet, state, suite) -> None:
+def test_strength_zero_is_byte_identical_and_edits_are_deterministic(tiny_unet, state, suite) -> None:
     item = suite.item("smile")
     requests = [EditRequest("a", item, 0.0, 5), EditRequest("b", item, 4.0, 5)]
     for opts in (HSpacePCAOptions(**OPTS), HSpacePCAOptions(**OPTS, random_control=True)):
-        st = state if not opts.random_control else {**state, "random": torch.randn(SAMPLER.num_steps, *h_shape(unet))}
-        out = HSpacePCA(opts).edit(unet, st, requests, SAMPLER)
+        st = state if not opts.random_control else {**state,
+                                                    "random": torch.randn(SAMPLER.num_steps, *h_shape(tiny_unet))}
+        out = HSpacePCA(opts).edit(tiny_unet, st, requests, SAMPLER)
         assert torch.equal(to_uint8(out[0].edited), to_uint8(out[0].original))
         assert not torch.equal(to_uint8(out[1].edited), to_uint8(out[1].original))
         assert torch.equal(out[0].original, out[1].original)
-    again = HSpacePCA(opts).edit(unet, st, requests, SAMPLER)
+    again = HSpacePCA(opts).edit(tiny_unet, st, requests, SAMPLER)
     assert all(torch.equal(a.edited, b.edited) and torch.equal(a.original, b.original) for a, b in zip(out, again))
 
 
-def test_deltas_scale_component_and_random_control(unet, state, suite) -> None:
+def test_prepare_refuses_components_of_unknown_attributes(tiny_unet, suite) -> None:
+    from harness.errors import ConfigError
+
+    opts = HSpacePCAOptions(n_samples=2, n_components=1, components={"moustache": 0})
+    with pytest.raises(ConfigError, match="options.components") as err:
+        HSpacePCA(opts).prepare(tiny_unet, PrepareContext(suite=suite, sampler=SAMPLER, seed=0))
+    assert err.value.value == "moustache" and "smile" in err.value.allowed
+
+
+def test_deltas_scale_component_and_random_control(tiny_unet, state, suite) -> None:
     group = state["groups"][""]
     opts = HSpacePCAOptions(**OPTS, components={"age": 2})
     requests = [EditRequest("a", suite.item("smile"), 2.0, 0), EditRequest("b", suite.item("age"), -1.0, 0)]
-    deltas, info = HSpacePCA(opts).deltas(state, requests, unet)
+    deltas, info = HSpacePCA(opts).deltas(state, requests, tiny_unet)
     assert [i["component"] for i in info] == [0, 2]
     sigma0 = group["singular_values"][0] / 6 ** 0.5
     expect = 2.0 * sigma0.float().view(-1, 1, 1, 1) * group["components"][0]
     torch.testing.assert_close(deltas[0], expect)
-    raw, _ = HSpacePCA(HSpacePCAOptions(**OPTS, normalisation="singular_values")).deltas(state, requests[:1], unet)
+    raw, _ = HSpacePCA(HSpacePCAOptions(**OPTS, normalisation="singular_values")).deltas(state, requests[:1], tiny_unet)
     torch.testing.assert_close(raw[0], deltas[0] * 6 ** 0.5)
     # Random control: per-step norms equal the PC edit's, directions unrelated to the PC.
     ctx = PrepareContext(suite=suite, sampler=SAMPLER, seed=11)
     rnd_state = {**state, "random": HSpacePCA(HSpacePCAOptions(n_samples=2, n_components=1, random_control=True))
-                 .prepare(unet, ctx)["random"]}
-    rnd, _ = HSpacePCA(HSpacePCAOptions(**OPTS, random_control=True)).deltas(rnd_state, requests[:1], unet)
+                 .prepare(tiny_unet, ctx)["random"]}
+    rnd, _ = HSpacePCA(HSpacePCAOptions(**OPTS, random_control=True)).deltas(rnd_state, requests[:1], tiny_unet)
     torch.testing.assert_close(rnd[0].flatten(1).norm(dim=1), deltas[0].flatten(1).norm(dim=1), rtol=1e-5, atol=0)
     cos = torch.nn.functional.cosine_similarity(rnd[0].flatten(1), deltas[0].flatten(1), dim=1)
     assert cos.abs().max() < 0.5
@@ -161,21 +160,11 @@ def test_deltas_scale_component_and_random_control(unet, state, suite) -> None:
 # -- end to end through the harness --------------------------------------------------------------
 
 def test_end_to_end_on_tiny_unet_and_tiny_sd(tmp_path) -> None:
-    cfg = run_config_from_dict({
-        "run_id": "hspace-pca", "models": ["tiny-unet", "tiny-sd"], "suites": ["hspace_paper"],
-        "items": ["smile", "age"], "seeds": 1, "strengths": [0.0, 2.0],
-        "sampler": {"num_steps": 3, "eta": 0.0, "guidance_scale": 7.5},
-        "methods": [{"name": "hspace-pca", "options": {"n_samples": 4, "n_components": 2, "components": {"age": 1},
-                                                        "batch_size": 4}}],
-        "executor": {"kind": "inprocess", "batch_size": 2}, "output_dir": str(tmp_path),
-    })
-    summary = execute(plan(cfg), progress=False)
-    rows = RunStore(cfg.run_dir).read_rows()
-    assert len(rows) == 8 and (rows["status"] == "done").all(), rows[["status", "error"]]
-    assert summary.failed == 0
+    cfg, rows = run_through_harness(
+        tmp_path, 8, run_id="hspace-pca", models=["tiny-unet", "tiny-sd"], items=["smile", "age"],
+        strengths=[0.0, 2.0], sampler={"num_steps": 3, "eta": 0.0, "guidance_scale": 7.5},
+        methods=[{"name": "hspace-pca", "options": {"n_samples": 4, "n_components": 2, "components": {"age": 1},
+                                                     "batch_size": 4}}])
     for _, row in rows.iterrows():
         assert ('"component": 1' in row["info"]) == (row["item_id"] == "age")
-        orig = (cfg.run_dir / row["original_path"]).read_bytes()
-        edit = (cfg.run_dir / row["edited_path"]).read_bytes()
-        if row["strength"] == 0.0:
-            assert orig == edit
+    assert_strength_zero_unedited(cfg, rows)

@@ -1,6 +1,6 @@
 """Jacobian subspace iteration in h-space (Haas et al. Sec. IV-B): math against explicit Jacobians, edits, harness run.
 
-The explicit-Jacobian checks run on a micro UNet2DModel (h = 8x4x4, ε = 3x16x16) built here: the same
+The explicit-Jacobian checks run on a micro UNet2DModel (h = 8x4x4, ε = 3x16x16; tests/methods/conftest.py): the same
 diffusers class and code path as tiny-unet, but its explicit Jacobian takes a second instead of minutes
 on a 2-core machine. The same check on tiny-unet itself is marked slow.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import SamplerConfig, run_config_from_dict
+from harness.config import SamplerConfig
 from harness.diffusion import MidBlockHook, Schedule, Trace, denoise, initial_noise, make_condition, predict_eps
 from harness.diffusion.autodiff import batched_jvp
 from harness.diffusion.backbone import Backbone
@@ -22,53 +22,10 @@ from methods.base import EditRequest, PrepareContext
 from methods.jacobian import (
     JacobianOptions, JacobianSubspace, eps_of_h_shift, jacobian_svd, region_mask,
 )
+from tests.methods.conftest import run_through_harness, to_uint8
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def micro_unet(dtype: torch.dtype = torch.float64) -> Backbone:
-    from diffusers import DDIMScheduler, UNet2DModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = UNet2DModel(
-            sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 8, 8),
-            down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=None,
-        )
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
-                              clip_sample=False, set_alpha_to_one=True, steps_offset=1)
-    return Backbone("micro-unet", "unconditional", unet.to(dtype), scheduler, resolution=16).eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread, as harness workers use: small AD graphs run far faster than with 2 contended threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def micro() -> Backbone:
-    return micro_unet()
-
-
-@pytest.fixture(scope="module")
-def tiny_unet() -> Backbone:
-    from harness.models import load_backbone
-
-    return load_backbone("tiny-unet")
-
-
-@pytest.fixture(scope="module")
-def tiny_sd() -> Backbone:
-    from harness.models import load_backbone
-
-    return load_backbone("tiny-sd")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trajectory_state(backbone: Backbone, step: int, num_steps: int = 4, eta: float = 1.0) -> tuple[torch.Tensor, int]:
@@ -250,23 +207,15 @@ def test_text_model_masked_edit(tiny_sd: Backbone) -> None:
 
 
 def test_end_to_end_through_the_harness(tmp_path) -> None:
-    from harness.runner import execute, plan
-    from harness.store import RunStore
-
-    cfg = run_config_from_dict({
-        "run_id": "jac", "models": ["tiny-unet"], "suites": ["hspace_paper"], "items": ["smile"], "seeds": [0],
-        "strengths": [0.0, 10.0], "sampler": {"num_steps": 3, "eta": 1.0},
-        "methods": [
+    _, rows = run_through_harness(
+        tmp_path, 4, run_id="jac", models=["tiny-unet"], items=["smile"], seeds=[0], strengths=[0.0, 10.0],
+        sampler={"num_steps": 3, "eta": 1.0},
+        methods=[
             {"name": "jacobian", "options": {"k": 2, "convergence": {"max_iters": 2}}},
             {"name": "jacobian", "label": "jacobian-ref", "options": {
                 "k": 2, "variant": "sequential", "block_size": 1, "directions_from": "reference",
                 "mask": [0.0, 0.0, 0.5, 0.5], "convergence": {"max_iters": 2}, "apply_svals": False}},
-        ],
-        "executor": {"kind": "inprocess", "batch_size": 2}, "output_dir": str(tmp_path),
-    })
-    execute(plan(cfg), progress=False)
-    rows = RunStore(cfg.run_dir).read_rows()
-    assert len(rows) == 4 and (rows["status"] == "done").all(), rows[["method", "status", "error"]]
+        ])
     assert rows["info"].str.contains('"component": 0').all()
 
 

@@ -1,6 +1,6 @@
 """Park et al. pullback baseline: basis against an explicit ∂h/∂x, guidance closed form, choice, harness run.
 
-The explicit-Jacobian check runs on a micro UNet2DModel (x = 3x16x16, h = 8x4x4; see test_jacobian.py);
+The explicit-Jacobian check runs on a micro UNet2DModel (x = 3x16x16, h = 8x4x4; tests/methods/conftest.py);
 the same check on tiny-unet (x 3x32x32, h 32x8x8) is marked slow.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import SamplerConfig, run_config_from_dict
+from harness.config import SamplerConfig
 from harness.diffusion import MidBlockHook, Schedule, predict_eps
 from harness.diffusion.autodiff import ad_safe_attention, batched_jvp, batched_vjp
 from harness.diffusion.backbone import Backbone
@@ -22,27 +22,10 @@ from methods.base import EditRequest
 from methods.park_pullback import (
     ParkOptions, ParkPullback, encoder_h, pullback_basis, x_space_guidance,
 )
-from tests.methods.test_jacobian import micro_unet, to_uint8
+from tests.methods.conftest import run_through_harness, to_uint8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def micro() -> Backbone:
-    return micro_unet()
-
-
-@pytest.fixture(scope="module")
-def tiny_sd() -> Backbone:
-    from harness.models import load_backbone
-
-    return load_backbone("tiny-sd")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def explicit_pullback(backbone: Backbone, x: torch.Tensor, t: int, emb: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,20 +183,12 @@ def test_plain_variant_and_unconditional_model(micro: Backbone) -> None:
 
 
 def test_end_to_end_through_the_harness(tmp_path) -> None:
-    from harness.runner import execute, plan
-    from harness.store import RunStore
-
-    cfg = run_config_from_dict({
-        "run_id": "park", "models": ["tiny-sd", "tiny-unet"], "suites": ["svd_paper"], "items": ["person-old"],
-        "seeds": [0], "strengths": [0.0, 1.0], "sampler": {"num_steps": 4, "eta": 0.0, "guidance_scale": 7.5},
-        "methods": [{"name": "park", "options": {
+    _, rows = run_through_harness(
+        tmp_path, 4, run_id="park", models=["tiny-sd", "tiny-unet"], suites=["svd_paper"], items=["person-old"],
+        seeds=[0], strengths=[0.0, 1.0], sampler={"num_steps": 4, "eta": 0.0, "guidance_scale": 7.5},
+        methods=[{"name": "park", "options": {
             "n_guidance": 2, "convergence": {"kind": "vectors", "max_iters": 2, "min_iters": 0},
-            "scorer": {"kind": "channel-mean"}}}],
-        "executor": {"kind": "inprocess", "batch_size": 2}, "output_dir": str(tmp_path),
-    })
-    execute(plan(cfg), progress=False)
-    rows = RunStore(cfg.run_dir).read_rows()
-    assert len(rows) == 4 and (rows["status"] == "done").all(), rows[["model", "status", "error"]]
+            "scorer": {"kind": "channel-mean"}}}])
     assert rows["info"].str.contains('"sign"').all() and rows["info"].str.contains('"component"').all()
 
 

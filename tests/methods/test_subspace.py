@@ -12,13 +12,8 @@ from methods._subspace import StopCriterion, fix_signs, subspace_iteration
 VARIANTS = [("batched", 1), ("sequential", 1), ("sequential", 2)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small linear algebra runs fastest on one thread (and the machine's cores are shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small linear algebra runs fastest on one thread (and the machine's cores are shared).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def matrix_products(A: torch.Tensor, in_shape: tuple[int, ...] | None = None):

@@ -4,16 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import SamplerConfig, run_config_from_dict
+from harness.config import SamplerConfig
 from harness.diffusion import Schedule, Trace, denoise, initial_noise
-from harness.models import load_backbone
-from harness.runner import execute, plan
-from harness.store import RunStore
 from harness.suites import Attribute, Suite, SuiteItem
 from methods.base import EditRequest, PrepareContext
 from methods.supervised import Supervised, SupervisedOptions, removal_sets, select_examples
 from methods._hspace import project_out, sample_seeds
 from methods._scorers import ScorerSpec, register_scorer
+from tests.methods.conftest import assert_strength_zero_unedited, run_through_harness, to_uint8
 
 CHANNELS = {"red": 0, "green": 1, "blue": 2}
 
@@ -22,10 +20,6 @@ CHANNELS = {"red": 0, "green": 1, "blue": 2}
 def prompt_channel_scorer(device="cpu"):
     """Hand-built scorer: the mean of the colour channel named by the positive prompt."""
     return lambda images, positive, negative=None: images[:, CHANNELS[positive]].float().mean(dim=(1, 2))
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def rel_inner(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,25 +88,20 @@ M, N = 8, 2
 
 
 @pytest.fixture(scope="module")
-def unet():
-    return load_backbone("tiny-unet")
-
-
-@pytest.fixture(scope="module")
-def state(unet):
+def state(tiny_unet):
     opts = SupervisedOptions(n_samples=M, n_examples=N, batch_size=3, scorer=ScorerSpec("test-prompt-channel"),
                              disentangle_from="all_others")
-    return Supervised(opts).prepare(unet, PrepareContext(suite=SUITE, sampler=SAMPLER, seed=3))
+    return Supervised(opts).prepare(tiny_unet, PrepareContext(suite=SUITE, sampler=SAMPLER, seed=3))
 
 
-def test_mean_difference_uses_the_scorers_top_and_bottom_samples(unet, state) -> None:
+def test_mean_difference_uses_the_scorers_top_and_bottom_samples(tiny_unet, state) -> None:
     # Independent reference: every sample denoised alone, scored by hand, eq. (11) by hand.
-    schedule = Schedule.from_backbone(unet, SAMPLER.num_steps)
+    schedule = Schedule.from_backbone(tiny_unet, SAMPLER.num_steps)
     images, hs = [], []
     for seed in sample_seeds(3, M, "supervised"):
-        x_T, z = initial_noise([seed], unet.state_shape(), SAMPLER.num_steps, SAMPLER.eta)
+        x_T, z = initial_noise([seed], tiny_unet.state_shape(), SAMPLER.num_steps, SAMPLER.eta)
         trace = Trace(record_x=False)
-        images.append(unet.decode(denoise(unet, x_T, schedule, eta=SAMPLER.eta, noises=z, trace=trace)))
+        images.append(tiny_unet.decode(denoise(tiny_unet, x_T, schedule, eta=SAMPLER.eta, noises=z, trace=trace)))
         hs.append(torch.stack(trace.hs, dim=1))
     images, hs = torch.cat(images), torch.cat(hs)
     group = state["groups"][""]
@@ -136,20 +125,29 @@ def test_mean_difference_uses_the_scorers_top_and_bottom_samples(unet, state) ->
         torch.testing.assert_close(v.reshape(-1).double(), explicit, atol=1e-5 * float(v0.abs().max()), rtol=1e-4)
 
 
-def test_strength_zero_is_byte_identical_and_edits_are_deterministic(unet, state) -> None:
+def test_prepare_refuses_disentangling_from_unknown_attributes(tiny_unet) -> None:
+    from harness.errors import ConfigError
+
+    opts = SupervisedOptions(n_samples=2, n_examples=1, scorer=ScorerSpec("channel-mean"), disentangle_from=("cyan",))
+    with pytest.raises(ConfigError, match="options.disentangle_from") as err:
+        Supervised(opts).prepare(tiny_unet, PrepareContext(suite=SUITE, sampler=SAMPLER, seed=0))
+    assert err.value.value == "cyan" and "red" in err.value.allowed
+
+
+def test_strength_zero_is_byte_identical_and_edits_are_deterministic(tiny_unet, state) -> None:
     item = SUITE.item("red")
     requests = [EditRequest("a", item, 0.0, 9), EditRequest("b", item, 3.0, 9)]
     out = Supervised(SupervisedOptions(n_samples=M, n_examples=N, disentangle_from="all_others")).edit(
-        unet, state, requests, SAMPLER)
+        tiny_unet, state, requests, SAMPLER)
     assert torch.equal(to_uint8(out[0].edited), to_uint8(out[0].original))
     assert not torch.equal(to_uint8(out[1].edited), to_uint8(out[1].original))
     assert out[1].info["disentangled"] is True
     again = Supervised(SupervisedOptions(n_samples=M, n_examples=N, disentangle_from="all_others")).edit(
-        unet, state, requests, SAMPLER)
+        tiny_unet, state, requests, SAMPLER)
     assert all(torch.equal(a.edited, b.edited) and torch.equal(a.original, b.original) for a, b in zip(out, again))
     # Without disentangle_from the original direction is used.
     plain = Supervised(SupervisedOptions(n_samples=M, n_examples=N)).edit(
-        unet, {"groups": {"": {"directions": state["groups"][""]["directions"]}}}, requests[1:], SAMPLER)
+        tiny_unet, {"groups": {"": {"directions": state["groups"][""]["directions"]}}}, requests[1:], SAMPLER)
     assert plain[0].info["disentangled"] is False
     assert not torch.equal(plain[0].edited, out[1].edited)
 
@@ -157,19 +155,10 @@ def test_strength_zero_is_byte_identical_and_edits_are_deterministic(unet, state
 # -- end to end through the harness --------------------------------------------------------------
 
 def test_end_to_end_on_tiny_unet_and_tiny_sd(tmp_path) -> None:
-    cfg = run_config_from_dict({
-        "run_id": "supervised", "models": ["tiny-unet", "tiny-sd"], "suites": ["hspace_paper"],
-        "items": ["smile", "age"], "seeds": 1, "strengths": [0.0, 1.0],
-        "sampler": {"num_steps": 3, "eta": 0.0, "guidance_scale": 7.5},
-        "methods": [{"name": "supervised", "options": {"n_samples": 4, "n_examples": 2, "batch_size": 4,
-                                                       "scorer": {"kind": "channel-mean"},
-                                                       "disentangle_from": {"smile": ["gender"]}}}],
-        "executor": {"kind": "inprocess", "batch_size": 2}, "output_dir": str(tmp_path),
-    })
-    summary = execute(plan(cfg), progress=False)
-    rows = RunStore(cfg.run_dir).read_rows()
-    assert len(rows) == 8 and (rows["status"] == "done").all(), rows[["status", "error"]]
-    assert summary.failed == 0
-    for _, row in rows.iterrows():
-        if row["strength"] == 0.0:
-            assert (cfg.run_dir / row["original_path"]).read_bytes() == (cfg.run_dir / row["edited_path"]).read_bytes()
+    cfg, rows = run_through_harness(
+        tmp_path, 8, run_id="supervised", models=["tiny-unet", "tiny-sd"], items=["smile", "age"],
+        strengths=[0.0, 1.0], sampler={"num_steps": 3, "eta": 0.0, "guidance_scale": 7.5},
+        methods=[{"name": "supervised", "options": {"n_samples": 4, "n_examples": 2, "batch_size": 4,
+                                                     "scorer": {"kind": "channel-mean"},
+                                                     "disentangle_from": {"smile": ["gender"]}}}])
+    assert_strength_zero_unedited(cfg, rows)

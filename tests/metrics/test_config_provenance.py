@@ -30,7 +30,7 @@ def test_from_dict_defaults_and_overrides() -> None:
     ({"lpips": {"net": "resnet"}}, "metrics.lpips.net"),
     ({"fid": {"reference": "cifar"}}, "metrics.fid.reference"),
     ({"clip": "ViT-B-32"}, "metrics.clip"),
-    ({"disentanglement": {"prompts": {"smile": ["only one"]}}}, "metrics.disentanglement.prompts"),
+    ({"disentanglement": {"prompts": {"smile": ["only one"]}}}, "metrics.disentanglement.prompts.smile"),
 ])
 def test_from_dict_rejects_bad_keys_and_types(data: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:

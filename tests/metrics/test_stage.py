@@ -228,3 +228,24 @@ def test_bad_inputs(run_template, tmp_path: Path, tiny_open_clip_config: Path) -
                                          "clip": {"enabled": False}, "lpips": {"enabled": False}})
     with pytest.raises(MissingWeightsError, match="metrics.fid.weights"):
         compute_metrics(rows, run_dir, inception)
+
+
+def test_reference_folder_skips_unreadable_and_wrongly_sized_files(run_template, tmp_path: Path,
+                                                                   tiny_open_clip_config: Path) -> None:
+    run_dir, rows = _fresh(run_template, tmp_path / "run")
+    ref_dir = tmp_path / "ref"
+    ref = random_images(6, seed=3)
+    for i in range(6):
+        write_png(ref_dir / f"{i:02d}.png", ref[i])
+    (ref_dir / "broken.png").write_bytes((ref_dir / "00.png").read_bytes()[:40])
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(ref_dir / "big.png")  # the others are 32x32
+    base = _config(tiny_open_clip_config).to_dict()
+    cfg = MetricsConfig.from_dict({**base, "fid": {**base["fid"], "reference": "folder"},
+                                   "clip": {"enabled": False}, "lpips": {"enabled": False}})
+    _, agg = compute_metrics(rows, run_dir, cfg, reference_dir=ref_dir)
+    fid = agg[agg.metric == "fid"]
+    done = rows[rows.status == "done"]
+    for r in fid.to_dict("records"):
+        assert r["n_ref"] == 6 and "broken.png (unreadable" in r["warning"] and "big.png (size" in r["warning"]
+        g = done[(done.method == r["method"]) & (done.attribute == r["attribute"])].sort_values("unit_key")
+        assert r["value"] == pytest.approx(_torchmetrics_fid(ref, _load(run_dir, list(g.edited_path))), rel=1e-7)  # FID near 0 here: float64 summation order shows at 1e-9
