@@ -82,6 +82,25 @@ def record_batches(backbone: Backbone, seeds: Sequence[int], sampler: SamplerCon
         yield slice(start, start + len(chunk)), hs, images
 
 
+def record_real(backbone: Backbone, images: torch.Tensor, sampler: SamplerConfig, prompt: str = "",
+                batch_size: int = 16) -> torch.Tensor:
+    """h_{T:1} (N, T, *h) of real images: DDIM-invert each (η = 0, caption at guidance 1), then denoise
+    from the inverted x_T with η = 0 and the run's guidance, recording h (Haas et al. SM F)."""
+    from harness.diffusion import ddim_invert
+
+    schedule = Schedule.from_backbone(backbone, sampler.num_steps)
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        chunk = images[start:start + batch_size].to(backbone.device)
+        plain = make_condition(backbone, [prompt] * len(chunk), 1.0)
+        x_T = ddim_invert(backbone, backbone.encode(chunk), schedule, plain)
+        trace = Trace(record_x=False)
+        denoise(backbone, x_T, schedule, make_condition(backbone, [prompt] * len(chunk), sampler.guidance_scale),
+                trace=trace)
+        out.append(torch.stack(trace.hs, dim=1))
+    return torch.cat(out)
+
+
 # -- incremental PCA per timestep -------------------------------------------------------------------
 
 def _flip_signs(vt: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,10 @@ Options:
   names them per attribute (attributes not in it keep their original direction).
 - injection ("plain" | "asyrp", "plain"): how Δh enters the DDIM step.
 - batch_size (int, 16): samples denoised together.
+- real_examples (mapping attribute -> {positive: folder, negative: folder, transform}, {}): learn that
+  attribute's direction from labelled real images instead of scored samples (Haas et al. SM F: DDIM-invert
+  each image, record h_{T:1} along its η = 0 regeneration, v = mean(h⁺) − mean(h⁻)). Folders are relative
+  to the working directory; every image file in them is used.
 """
 from __future__ import annotations
 
@@ -43,11 +47,19 @@ from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
 from methods._hspace import (
-    edit_with_deltas, project_out, prompt_groups, prompt_key, record_batches, require_attributes, sample_seeds,
+    edit_with_deltas, project_out, prompt_groups, prompt_key, record_batches, record_real, require_attributes,
+    sample_seeds,
 )
 from methods._scorers import ScorerSpec, make_scorer
 
 DisentangleFrom = Literal["all_others"] | tuple[str, ...] | dict[str, tuple[str, ...]] | None
+
+
+@dataclass(frozen=True)
+class RealExamples:
+    positive: str
+    negative: str
+    transform: Literal["center-crop", "resize"] = "center-crop"
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,7 @@ class SupervisedOptions:
     disentangle_from: DisentangleFrom = None
     injection: Literal["plain", "asyrp"] = "plain"
     batch_size: int = 16
+    real_examples: dict[str, RealExamples] = field(default_factory=dict)
 
     def validate(self, prefix: str) -> None:
         for name in ("n_samples", "n_examples", "batch_size"):
@@ -105,7 +118,8 @@ class Supervised(EditMethod):
         require_attributes(ctx.suite, named_attributes(opts.disentangle_from), "options.disentangle_from")
         attributes = list(dict.fromkeys(used + named_attributes(opts.disentangle_from)))
         removal = removal_sets(attributes, opts.disentangle_from)
-        scorer = make_scorer(opts.scorer, device=backbone.device)
+        scored = [a for a in attributes if a not in opts.real_examples]
+        scorer = make_scorer(opts.scorer, device=backbone.device) if scored else None
         seeds = sample_seeds(ctx.seed, opts.n_samples, "supervised")
         groups = {}
         for key in prompt_groups(backbone, ctx.suite):
@@ -114,6 +128,35 @@ class Supervised(EditMethod):
 
     def _group(self, backbone: Backbone, ctx: PrepareContext, prompt: str, seeds: list[int], attributes: list[str],
                removal: dict[str, list[str]] | None, scorer) -> dict:
+        opts = self.options
+        real = {a: self._real_direction(backbone, ctx, prompt, opts.real_examples[a])
+                for a in attributes if a in opts.real_examples}
+        attributes_scored = [a for a in attributes if a not in real]
+        group = self._scored_group(backbone, ctx, prompt, seeds, attributes_scored, scorer) if attributes_scored \
+            else {"directions": {}, "positives": {}, "negatives": {}, "scores": {}}
+        group["directions"].update({a: v.float().cpu() for a, v in real.items()})
+        v = {**group.pop("exact", {}), **real}  # float64, before the float32 rounding of the stored directions
+        if removal is not None:
+            group["disentangled"] = {a: project_out(v[a], [v[b] for b in removal[a]]).float().cpu()
+                                     for a in attributes}
+        return group
+
+    def _real_direction(self, backbone: Backbone, ctx: PrepareContext, prompt: str, spec: RealExamples) -> torch.Tensor:
+        from pathlib import Path
+
+        from harness.images import load_image
+
+        def folder_h(folder: str) -> torch.Tensor:
+            files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            if not files:
+                raise ValueError(f"no images in {folder} (options.real_examples)")
+            images = torch.stack([load_image(f, backbone.resolution, spec.transform)[0] for f in files])
+            return record_real(backbone, images, ctx.sampler, prompt, self.options.batch_size).double()
+
+        return folder_h(spec.positive).mean(0) - folder_h(spec.negative).mean(0)
+
+    def _scored_group(self, backbone: Backbone, ctx: PrepareContext, prompt: str, seeds: list[int],
+                      attributes: list[str], scorer) -> dict:
         opts = self.options
         # Pass 1: images only, scored for every attribute.
         scores = {a: torch.empty(len(seeds), dtype=torch.float64) for a in attributes}
@@ -142,10 +185,8 @@ class Supervised(EditMethod):
             "positives": {a: chosen[a][0] for a in attributes},
             "negatives": {a: chosen[a][1] for a in attributes},
             "scores": {a: scores[a].float() for a in attributes},
+            "exact": v,
         }
-        if removal is not None:
-            group["disentangled"] = {a: project_out(v[a], [v[b] for b in removal[a]]).float().cpu()
-                                     for a in attributes}
         return group
 
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
