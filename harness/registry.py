@@ -17,7 +17,7 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} {name!r} is registered twice ({self._items[name]!r} and {obj!r})")
+                raise ValueError(f"{self.kind} {name!r} is already registered ({self._items[name]!r}; not {obj!r})")
             self._items[name] = obj
             return obj
 

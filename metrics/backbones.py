@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError, MissingWeightsError
+from harness.registry import Registry
 from metrics._common import check_uint8_images, resolve_device, sha256_file, sha256_state_dict
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -38,32 +39,22 @@ class Backbone(ABC):
         """uint8 (N, 3, H, W) -> float (N, feature_dim) on the CPU."""
 
 
-_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+_REGISTRY: Registry[Callable[..., Backbone]] = Registry("backbone", "metrics.fid.backbone")
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
     """Register a factory `f(**options) -> Backbone` under `name`; a name may be used once."""
-
-    def deco(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def available_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build_backbone(name: str, **options: object) -> Backbone:
     """Build a registered backbone. Options each factory may use: weights, device, seed,
     feature_dim, internal_dtype, clip_encoder; factories ignore the ones they do not need."""
-    if name not in _REGISTRY:
-        raise ConfigError("metrics.fid.backbone", name, available_backbones(),
-                          "register new backbones with metrics.backbones.register_backbone")
-    return _REGISTRY[name](**options)
+    return _REGISTRY.get(name)(**options)
 
 
 # --- torch-fidelity InceptionV3 (the FID standard) ------------------------------------------

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from harness.errors import ConfigError, MissingWeightsError
+from harness.registry import Registry
 from metrics._common import check_uint8_images, resolve_device, sha256_file, sha256_json, sha256_state_dict
 
 # Seed 003 Table I prompts [paper]: attribute -> (positive, negative).
@@ -230,19 +231,12 @@ class HFClipScorer(CLIPScorer):
                                             attention_mask=tok["attention_mask"].to(self.device))
 
 
-_CLIP_MODELS: dict[str, Callable[..., CLIPScorer]] = {}
+_CLIP_MODELS: Registry[Callable[..., CLIPScorer]] = Registry("CLIP model", "metrics.clip.model")
 
 
 def register_clip_model(name: str) -> Callable[[Callable[..., CLIPScorer]], Callable[..., CLIPScorer]]:
     """Register `factory(device=..., seed=...) -> CLIPScorer` for `backend: registered, model: name`."""
-
-    def deco(factory: Callable[..., CLIPScorer]) -> Callable[..., CLIPScorer]:
-        if name in _CLIP_MODELS:
-            raise ValueError(f"CLIP model {name!r} is already registered")
-        _CLIP_MODELS[name] = factory
-        return factory
-
-    return deco
+    return _CLIP_MODELS.register(name)
 
 
 CLIP_BACKENDS = ("open_clip", "transformers", "registered")
@@ -256,8 +250,5 @@ def load_clip_scorer(backend: str, model: str, pretrained: str | None = None, mo
     if backend == "transformers":
         return HFClipScorer(model, random_weights, device, seed)
     if backend == "registered":
-        if model not in _CLIP_MODELS:
-            raise ConfigError("metrics.clip.model", model, sorted(_CLIP_MODELS),
-                              "register it with metrics.clip.register_clip_model")
-        return _CLIP_MODELS[model](device=device, seed=seed)
+        return _CLIP_MODELS.get(model)(device=device, seed=seed)
     raise ConfigError("metrics.clip.backend", backend, CLIP_BACKENDS)

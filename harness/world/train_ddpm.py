@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import math
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.world import render_batch, sample_scenes
+from harness.world._training import LossLog, optimiser_step
 
 
 def build_unet(resolution: int):
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     alphas = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "loss.csv", "a" if args.resume else "w", newline="")
-    writer = csv.writer(log)
-    if not args.resume:
-        writer.writerow(["step", "loss", "seconds"])
+    log = LossLog(args.out / "loss.csv", append=args.resume)
     g = torch.Generator(device="cpu").manual_seed(args.seed)
     start = time.time()
     step = args.start_step
@@ -117,21 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample, noise)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step - args.start_step + 1) / args.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
-            for pe, pu in zip(ema.parameters(), unet.parameters()):
-                pe.mul_(decay).add_(pu.detach(), alpha=1 - decay)
+        decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
+        lr = args.lr * min(1.0, (step - args.start_step + 1) / args.warmup)
+        optimiser_step(opt, unet, loss, lr, ema, decay)
         step += 1
-        writer.writerow([step, f"{loss.item():.5f}", f"{time.time() - start:.1f}"])
-        if step % 50 == 0:
-            log.flush()
-            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+        log.write(step, loss.item())
         if step % args.save_every == 0:
             save(args.out, ema, scheduler)
     save(args.out, ema, scheduler)

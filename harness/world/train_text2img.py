@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import math
 import shutil
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.world import caption, render_batch, sample_scenes
+from harness.world._training import LossLog, optimiser_step
 
 ATTN_LEVELS = {
     # cross-attention (self-attn + cross-attn + FF transformer, 1 head) at the 8x8 level and the mid block
@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None):
     alphas = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "loss.csv", "w", newline="")
-    writer = csv.writer(log)
-    writer.writerow(["step", "loss", "seconds"])
+    log = LossLog(args.out / "loss.csv")
     g = torch.Generator(device="cpu").manual_seed(args.seed)
     start = time.time()
     step = 0
@@ -238,21 +236,10 @@ def main(argv: list[str] | None = None):
         a = alphas[t].view(-1, 1, 1, 1)
         pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=context).sample
         loss = F.mse_loss(pred, noise)
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(args.ema, (1 + step) / (10 + step))
-            for pe, pu in zip(ema.parameters(), unet.parameters()):
-                pe.mul_(decay).add_(pu.detach(), alpha=1 - decay)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        optimiser_step(opt, unet, loss, lr, ema, min(args.ema, (1 + step) / (10 + step)))
         step += 1
-        writer.writerow([step, f"{loss.item():.5f}", f"{time.time() - start:.1f}"])
-        if step % 50 == 0:
-            log.flush()
-            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+        log.write(step, loss.item())
         if step % args.save_every == 0:
             checkpoint()
             if args.sample_every_save and args.samples:

@@ -1,0 +1,43 @@
+"""Pieces the world's training scripts share: the optimiser step with EMA, and loss logging."""
+from __future__ import annotations
+
+import csv
+import time
+from typing import Any
+
+import torch
+
+
+def optimiser_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, lr: float,
+                   ema: torch.nn.Module | None = None, ema_decay: float = 0.0, clip: float = 1.0) -> None:
+    """Backward, clip, step at learning rate `lr`, then ema ← decay·ema + (1 − decay)·model."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    if ema is not None:
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(ema_decay).add_(pm.detach(), alpha=1 - ema_decay)
+
+
+class LossLog:
+    """loss.csv (step, loss, seconds) plus a progress line every `every` steps."""
+
+    def __init__(self, path: Any, append: bool = False, every: int = 50) -> None:
+        self.file = open(path, "a" if append else "w", newline="")
+        self.writer = csv.writer(self.file)
+        if not append:
+            self.writer.writerow(["step", "loss", "seconds"])
+        self.every, self.start = every, time.time()
+
+    def write(self, step: int, loss: float) -> None:
+        self.writer.writerow([step, f"{loss:.5f}", f"{time.time() - self.start:.1f}"])
+        if step % self.every == 0:
+            self.file.flush()
+            print(f"step {step} loss {loss:.4f} {time.time() - self.start:.0f}s", flush=True)
+
+    def close(self) -> None:
+        self.file.close()
