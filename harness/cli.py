@@ -43,10 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[harness] run {config.run_id}: {p.num_units} units in {len(p.batches)} batches, "
           f"{len(p.prepares)} prepare job(s) -> {config.run_dir}", flush=True)
     summary = execute(p, progress=not args.no_progress)
-    if config.metrics and summary.done:
-        from harness.evaluation import run_metrics
-
-        print(f"[harness] metrics: {run_metrics(summary.run_dir, config.metrics)}", flush=True)
+    if summary.metrics_path:
+        print(f"[harness] metrics: {summary.metrics_path}", flush=True)
     board = write_leaderboard(summary.run_dir)
     print(f"[harness] {summary.done}/{summary.units} units done, {summary.failed} failed "
           f"({summary.skipped_batches} batches already done; executor: {summary.executor})")

@@ -6,8 +6,11 @@ section. Missing weights stop it before anything is written, naming the file and
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from harness.store import RunStore, atomic_write_bytes
 
@@ -54,14 +57,48 @@ def _write(path: Path, frame: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def run_metrics(run_dir: str | Path, raw: dict[str, Any]) -> Path:
-    """Compute the run's metrics (cached per image) and write per_image.parquet and aggregates.parquet."""
+@dataclass(frozen=True)
+class MetricsShard:
+    """Rows of some batches whose per-image values and features a worker computes into the run's caches."""
+
+    run_dir: str
+    metrics: dict[str, Any]
+    rows: tuple[dict[str, Any], ...]
+
+
+def compute_shard(shard: MetricsShard) -> int:
+    """Fill the caches for one shard (what a worker runs); returns the number of rows."""
+    from metrics.stage import compute_metrics
+
+    store = RunStore(Path(shard.run_dir))
+    cfg = metrics_config(shard.metrics)
+    compute_metrics(pd.DataFrame(list(shard.rows)), store.root, cfg, _reference(cfg), oracle_targets(store))
+    return len(shard.rows)
+
+
+def _reference(cfg: Any) -> Path | None:
+    return Path(cfg.fid.reference_dir) if cfg.fid.reference == "folder" and cfg.fid.reference_dir else None
+
+
+def run_metrics(run_dir: str | Path, raw: dict[str, Any], executor: Any = None, shards: int = 0) -> Path:
+    """Compute the run's metrics and write per_image.parquet and aggregates.parquet.
+
+    With an executor, per-image values and features are first computed in parallel over shards of
+    whole batches (each worker appends to the run's caches); the final pass then reads only caches and
+    merges FID statistics in float64, so the tables do not depend on the sharding.
+    """
     from metrics.stage import compute_metrics
 
     store = RunStore(Path(run_dir))
     cfg = metrics_config(raw)
-    reference = Path(cfg.fid.reference_dir) if cfg.fid.reference == "folder" and cfg.fid.reference_dir else None
-    per_image, aggregates = compute_metrics(store.read_rows(), store.root, cfg, reference, oracle_targets(store))
+    rows = store.read_rows()
+    if executor is not None and shards > 1 and len(rows):
+        batches = sorted(rows["batch_key"].unique())
+        parts = [batches[i::shards] for i in range(shards)]
+        jobs = [MetricsShard(str(store.root), raw, tuple(rows[rows["batch_key"].isin(part)].to_dict("records")))
+                for part in parts if part]
+        executor.map("metrics_shard", jobs, lambda job, n: None)
+    per_image, aggregates = compute_metrics(rows, store.root, cfg, _reference(cfg), oracle_targets(store))
     out = store.root / "metrics"
     import yaml
 

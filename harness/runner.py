@@ -73,6 +73,7 @@ class RunSummary:
     failed: int
     skipped_batches: int
     executor: str
+    metrics_path: Any = None
 
 
 def execute(p: Plan, progress: bool = True) -> RunSummary:
@@ -89,6 +90,7 @@ def execute(p: Plan, progress: bool = True) -> RunSummary:
         prepares = [j for j in p.prepares if (j.method, j.model, j.suite) in labels_pending
                     and not store.artifact_path(j.key).is_file()]
         executor_name = "none (nothing to do)"
+        metrics_path = None
         if pending:
             executor = make_executor(config, str(store.root))
             executor_name = executor.description
@@ -126,9 +128,22 @@ def execute(p: Plan, progress: bool = True) -> RunSummary:
 
                 executor.map("run_batch", pending, on_batch, on_failed)
                 bar.close()
+                if config.metrics:
+                    from harness.evaluation import run_metrics
+
+                    # Sharded over the same workers, while they are up.
+                    metrics_path = run_metrics(store.root, config.metrics, executor, shards=2 * workers(executor))
             finally:
                 executor.close()
         rows = store.read_rows()
     n_done = int((rows["status"] == "done").sum()) if len(rows) else 0
+    if config.metrics and metrics_path is None and n_done:
+        from harness.evaluation import run_metrics
+
+        metrics_path = run_metrics(store.root, config.metrics)  # nothing was pending: recompute from caches
     return RunSummary(str(store.root), p.num_units, n_done, len(rows) - n_done, len(p.batches) - len(pending),
-                      executor_name)
+                      executor_name, metrics_path)
+
+
+def workers(executor: Any) -> int:
+    return len(getattr(executor, "actors", [None]))

@@ -98,6 +98,11 @@ class Worker:
         self.store.save_artifact(job.key, {"state": state, "seconds": seconds, "device": self.device_name})
         return {"key": job.key, "skipped": False, "seconds": seconds}
 
+    def metrics_shard(self, shard: Any) -> int:
+        from harness.evaluation import compute_shard
+
+        return compute_shard(shard)
+
     def _state(self, key: str, needed: bool) -> tuple[dict[str, Any], float]:
         if not needed:
             return {}, 0.0
