@@ -41,3 +41,15 @@ class LossLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+def add_run_args(parser: Any) -> None:
+    """--threads and --seed, common to every training script."""
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def apply_run_args(args: Any) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.world._training import add_run_args, apply_run_args
 from harness.world import (
     COLORS, FACTOR_NAMES, MAX_JITTER, SHAPES, SIZES, XS, YS, Scene, caption, position_phrase, render_batch,
     sample_scenes, split_combinations,
@@ -312,12 +313,9 @@ def main(argv: list[str] | None = None):
     p.add_argument("--projection-dim", type=int, default=64)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--eval-samples", type=int, default=1000, help="held-out renders for the zero-shot eval")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    apply_run_args(args)
     model = build_clip(args.vision_width, args.vision_layers, args.vision_heads, args.text_width,
                        args.text_layers, args.text_heads, args.projection_dim)
     if args.pos_init_scale:

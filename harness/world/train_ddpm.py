@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.world import render_batch, sample_scenes
-from harness.world._training import LossLog, optimiser_step
+from harness.world._training import LossLog, add_run_args, apply_run_args, optimiser_step
 
 
 def build_unet(resolution: int):
@@ -83,14 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the EMA weights saved in --out")
     p.add_argument("--start-step", type=int, default=0, help="data/step offset when resuming (fresh batches)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.resume:
         from diffusers import UNet2DModel

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.world import caption, render_batch, sample_scenes
-from harness.world._training import LossLog, optimiser_step
+from harness.world._training import LossLog, add_run_args, apply_run_args, optimiser_step
 
 ATTN_LEVELS = {
     # cross-attention (self-attn + cross-attn + FF transformer, 1 head) at the 8x8 level and the mid block
@@ -197,12 +197,9 @@ def main(argv: list[str] | None = None):
     p.add_argument("--samples", type=int, default=16, help="images in samples.png (0: none)")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for samples.png")
     p.add_argument("--sample-guidance", type=float, default=5.0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_args(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     text_encoder, tokenizer = load_text_tower(args.clip)
     text_encoder = text_encoder.to(device)
