@@ -47,7 +47,8 @@ def config(args: argparse.Namespace, kind: str, out: Path, run_id: str) -> dict:
         "items": [args.item], "strengths": [1.0],
         "sampler": {"num_steps": args.steps, "eta": 0.0, "guidance_scale": 7.5},
         "methods": [{"name": args.method, "options": dict(a.split("=", 1) for a in args.option)}],
-        "executor": {"kind": kind, "batch_size": args.batch_size, "num_workers": 1, "threads": args.threads},
+        "executor": {"kind": kind, "batch_size": args.batch_size, "num_workers": 1, "threads": args.threads,
+                     "compile": args.compile},
         "output_dir": str(out),
     }
 
@@ -64,6 +65,10 @@ def bare_loop(args: argparse.Namespace, out: Path) -> float:
     method = p.methods[0]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone = load_backbone(args.model, device, choose_dtype("auto", device))
+    if args.compile:
+        from harness.diffusion.compile import compile_backbone
+
+        compile_backbone(backbone)
     suite = select_items(load_suite(args.suite), cfg.items)
     instance = method.cls(method.options)
     state = instance.prepare(backbone, PrepareContext(suite, cfg.sampler, 0)) if method.cls.needs_prepare else {}
@@ -75,6 +80,39 @@ def bare_loop(args: argparse.Namespace, out: Path) -> float:
         for o in outputs:  # the harness converts to uint8 too; count it here so the comparison is fair
             (o.edited.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
             (o.original.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    sync()
+    return time.perf_counter() - start
+
+
+def diffusers_pipeline(args: argparse.Namespace) -> float:
+    """Seconds for a StableDiffusionPipeline built from the same components to make the same trajectories:
+    per unit one image from the original prompt and one from the target prompt, as the SD baseline does."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from harness.models import load_backbone
+    from harness.suites import load_suite
+    from harness.worker import choose_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    b = load_backbone(args.model, device, choose_dtype("auto", device))
+    pipe = StableDiffusionPipeline(vae=b.vae, text_encoder=b.text_encoder, tokenizer=b.tokenizer, unet=b.unet,
+                                   scheduler=DDIMScheduler.from_config(b.scheduler.config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    if args.compile:
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs" if device == "cuda" else "default")
+    item = load_suite(args.suite).item(args.item)
+    g = torch.Generator(device).manual_seed(0)
+    pipe([item.prompt] * args.batch_size, num_inference_steps=args.steps, guidance_scale=7.5, generator=g,
+         output_type="np", height=b.resolution, width=b.resolution)  # warm-up (and compile)
+    sync()
+    start = time.perf_counter()
+    for i in range(0, args.units, args.batch_size):
+        n = min(args.batch_size, args.units - i)
+        for prompt in (item.prompt, item.target_prompt):
+            images = pipe([prompt] * n, num_inference_steps=args.steps, guidance_scale=7.5, generator=g,
+                          output_type="np", height=b.resolution, width=b.resolution).images
+            (torch.from_numpy(images) * 255).round().to(torch.uint8)
     sync()
     return time.perf_counter() - start
 
@@ -152,6 +190,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet in every path (executor.compile)")
     ap.add_argument("--write", type=Path, help="append the table to this markdown file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,6 +201,9 @@ def main() -> None:
     paths = {"bare loop": lambda a, r: bare_loop(a, tmp),
              "in-process executor": lambda a, r: harness_run(a, "inprocess", tmp, f"inproc{a.units}-{r}"),
              "ray, 1 worker": lambda a, r: harness_run(a, "ray", tmp, f"ray{a.units}-{r}")}
+    if args.method == "sd" and args.model in ("tiny-sd", "arch-sd21-base", "sd21-base"):  # latent SD layouts
+        # The reference the SD baseline must match: diffusers' own pipeline, same components and batch.
+        paths["diffusers StableDiffusionPipeline"] = lambda a, r: diffusers_pipeline(a)
     small, large = argparse.Namespace(**vars(args)), argparse.Namespace(**{**vars(args), "units": 2 * args.units})
     results: dict[str, dict[int, list[float]]] = {name: {args.units: [], 2 * args.units: []} for name in paths}
     from harness.executors.ray_executor import ensure_ray

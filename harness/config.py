@@ -75,6 +75,12 @@ class ExecutorConfig:
     thread-count-dependent order, so images are byte-identical across executors only at equal threads."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """auto: fp32 on CPU, fp16 on CUDA."""
+    jobs_per_worker: int = 2
+    """Ray: batches sent to a worker at once while enough remain for every worker. The second waits
+    in the worker and starts while the first one's images are written and its result travels back."""
+    compile: bool = False
+    """torch.compile each model's UNet (and VAE decoder) once per worker; compiled graphs are cached on
+    disk (HARNESS_COMPILE_CACHE, default ~/.cache/harness/inductor) so later workers and runs reuse them."""
 
     def validate(self, prefix: str) -> None:
         if self.batch_size < 1:
@@ -85,6 +91,8 @@ class ExecutorConfig:
             raise ConfigError(f"{prefix}.threads", self.threads, "an integer >= 1")
         if self.max_retries < 0:
             raise ConfigError(f"{prefix}.max_retries", self.max_retries, "an integer >= 0")
+        if self.jobs_per_worker < 1:
+            raise ConfigError(f"{prefix}.jobs_per_worker", self.jobs_per_worker, "an integer >= 1")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ Off unless the variable is set; a run never sets it itself. Keys (unit keys as i
     kill_on:       unit_key          the worker process SIGKILLs itself once (a marker file in the
                                      run directory makes the replacement worker go on)
     hang_on:       unit_key          the method call sleeps for an hour (for per-unit timeouts)
+    delay_s:       {unit_key: s}     the method call first sleeps the sum of its units' delays
+                                     (uneven unit costs for the scheduling benchmark)
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def before_edit(unit_keys: Sequence[str], run_dir: Path) -> None:
         if not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
+    delays = spec.get("delay_s", {})
+    if delays:
+        time.sleep(sum(float(delays.get(k, 0.0)) for k in keys))
     if spec.get("hang_on") in keys:
         time.sleep(3600)
     if keys & set(spec.get("raise_on", [])):

@@ -18,7 +18,8 @@ from harness.suites import Suite, load_suite, select_items
 from harness.units import Batch, PrepareJob, ResolvedMethod, expand_grid, resolve_methods
 
 # Where work runs does not change results, so these keys may differ when a run is resumed.
-PLACEMENT_KEYS = ("kind", "num_workers", "address", "gpus_per_worker", "max_retries", "unit_timeout_s")
+PLACEMENT_KEYS = ("kind", "num_workers", "address", "gpus_per_worker", "max_retries", "unit_timeout_s",
+                  "jobs_per_worker")
 
 
 @dataclass

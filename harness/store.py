@@ -32,7 +32,8 @@ from harness.errors import HarnessError
 ROW_COLUMNS = (
     "run_id", "unit_key", "batch_key", "method", "method_name", "method_version", "options", "model", "suite",
     "item_id", "attribute", "prompt", "target_prompt", "strength", "seed", "noise_seed", "status", "error",
-    "original_path", "edited_path", "input_path", "edit_seconds", "prepare_seconds", "prepare_key", "device", "worker", "info",
+    "original_path", "edited_path", "input_path", "edit_seconds",
+    "batch_started_at", "batch_finished_at", "prepare_seconds", "prepare_key", "device", "worker", "info",
 )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import platform
+import threading
 import time
 import traceback
 from typing import Any
@@ -52,6 +53,9 @@ class Worker:
         self.suites = {name: select_items(load_suite(name), config.items) for name in config.suites}
         self._backbones: dict[str, Any] = {}
         self._states: dict[str, dict[str, Any]] = {}
+        # One job on the device at a time. Image encoding and writing happen outside it, so a Ray actor
+        # running two jobs (ExecutorConfig.jobs_per_worker) writes one batch's PNGs while the next computes.
+        self._device_lock = threading.Lock()
 
     @property
     def device_name(self) -> str:
@@ -63,7 +67,12 @@ class Worker:
         if model not in self._backbones:
             from harness.models import load_backbone
 
-            self._backbones[model] = load_backbone(model, self.device, self.dtype)
+            backbone = load_backbone(model, self.device, self.dtype)
+            if self.config.executor.compile:
+                from harness.diffusion.compile import compile_backbone
+
+                compile_backbone(backbone)
+            self._backbones[model] = backbone
         return self._backbones[model]
 
     def _sync(self) -> None:
@@ -73,6 +82,10 @@ class Worker:
     # -- jobs ---------------------------------------------------------------------------------
     def prepare(self, job: PrepareJob) -> dict[str, Any]:
         """Run a method's one-off preparation unless its artifact already exists."""
+        with self._device_lock:
+            return self._prepare(job)
+
+    def _prepare(self, job: PrepareJob) -> dict[str, Any]:
         if self.store.artifact_path(job.key).is_file():
             return {"key": job.key, "skipped": True}
         from methods.base import PrepareContext
@@ -101,7 +114,8 @@ class Worker:
     def metrics_shard(self, shard: Any) -> int:
         from harness.evaluation import compute_shard
 
-        return compute_shard(shard)
+        with self._device_lock:
+            return compute_shard(shard)
 
     def _state(self, key: str, needed: bool) -> tuple[dict[str, Any], float]:
         if not needed:
@@ -152,6 +166,20 @@ class Worker:
 
     def run_batch(self, batch: Batch) -> list[dict[str, Any]]:
         """Edit a batch, write its images, then its shard (which marks it done). Never raises for a method error."""
+        with self._device_lock:
+            started = time.time()  # busy from here: time spent waiting for the lock is not work
+            rows, images = self._compute_batch(batch)
+        for path, image in images:
+            self.store.write_image(path, image)
+        out = [rows[u.key] for u in batch.units]
+        finished = time.time()
+        for row in out:
+            row.update(batch_started_at=started, batch_finished_at=finished)
+        self.store.write_shard(batch.key, out)
+        return out
+
+    def _compute_batch(self, batch: Batch) -> tuple[dict[str, dict[str, Any]], list[tuple[str, Any]]]:
+        """Rows by unit key, and the (path, uint8 image) pairs still to be written."""
         from methods.base import EditRequest
 
         method = self.methods[batch.method]
@@ -181,14 +209,13 @@ class Worker:
                 rows[unit.key].update(status="failed", error=error)
             else:
                 requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed, x_T))
-        if requests:
-            self._edit(batch, method, backbone, state, requests, rows)
-        out = [rows[u.key] for u in batch.units]
-        self.store.write_shard(batch.key, out)
-        return out
+        images = self._edit(batch, method, backbone, state, requests, rows) if requests else []
+        return rows, images
 
-    def _edit(self, batch: Batch, method: Any, backbone: Any, state: dict, requests: list, rows: dict) -> None:
+    def _edit(self, batch: Batch, method: Any, backbone: Any, state: dict, requests: list,
+              rows: dict) -> list[tuple[str, Any]]:
         results = self._attempt(batch, method.cls(method.options), backbone, state, requests)
+        images = []
         for request in requests:
             row = rows[request.unit_key]
             output, error, seconds, note = results[request.unit_key]
@@ -198,10 +225,10 @@ class Worker:
             if not (torch.isfinite(output.edited).all() and torch.isfinite(output.original).all()):
                 row.update(status="failed", error="non-finite values (NaN/inf) in the method's output image")
                 continue
-            self.store.write_image(row["original_path"], to_uint8(output.original))
-            self.store.write_image(row["edited_path"], to_uint8(output.edited))
+            images += [(row["original_path"], to_uint8(output.original)), (row["edited_path"], to_uint8(output.edited))]
             info = dict(output.info, **({"recovery": note} if note else {}))
             row.update(status="done", edit_seconds=seconds, info=_info_json(info))
+        return images
 
     def _attempt(self, batch: Batch, instance: Any, backbone: Any, state: dict, requests: list,
                  note: str = "") -> dict[str, tuple[Any, str | None, float, str]]:
@@ -266,7 +293,7 @@ def unit_row(config: RunConfig, batch: Batch, unit: Any, item: Any, method: Any,
         "target_prompt": item.target_prompt, "strength": unit.strength, "seed": unit.seed,
         "noise_seed": str(unit.noise_seed), "status": "failed", "error": None,
         "original_path": f"{base}.orig.png", "edited_path": f"{base}.edit.png", "input_path": None,
-        "edit_seconds": math.nan,
+        "edit_seconds": math.nan, "batch_started_at": math.nan, "batch_finished_at": math.nan,
         "prepare_seconds": prep_seconds, "prepare_key": batch.prepare_key, "device": device,
         "worker": worker, "info": None,
     }

@@ -28,6 +28,8 @@ class Backbone:
     tokenizer: Any = None
     fingerprint: str = ""
     """Identifies the weights (hash of config and source); part of every cache key."""
+    compiled_unet: Any = None
+    """torch.compile'd UNet for plain inference (harness.diffusion.compile), or None."""
 
     @property
     def device(self) -> torch.device:

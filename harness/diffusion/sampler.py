@@ -11,12 +11,14 @@ The state is kept in float32 whatever the UNet dtype, so the step arithmetic nev
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
 import torch
 
+from harness.diffusion.compile import use_compiled
 from harness.diffusion.hspace import MidBlockHook
 
 DeltaH = Callable[[int], "torch.Tensor | None"]
@@ -91,7 +93,7 @@ def make_condition(backbone: Any, prompts: Sequence[str], guidance_scale: float)
 def predict_eps(backbone: Any, x: torch.Tensor, t: int, cond: Condition | None,
                 hook: MidBlockHook | None = None) -> torch.Tensor:
     """ε-prediction (float32) at state x and timestep t, guidance applied. v-prediction is converted."""
-    unet = backbone.unet
+    unet = backbone.compiled_unet if use_compiled(backbone, x) else backbone.unet
     x_in = x.to(backbone.dtype)
     if cond is None:
         out = unet(x_in, t).sample
@@ -165,7 +167,9 @@ def denoise(
     stop = len(schedule) if stop is None else stop
     x = x.float()
     batch = x.shape[0]
-    with MidBlockHook(backbone.unet) as hook:
+    # Hooked only when h is edited or recorded: a hook-free UNet call may go to the compiled graph.
+    needs_hook = delta_h is not None or (trace is not None and trace.record_h)
+    with (MidBlockHook(backbone.unet) if needs_hook else contextlib.nullcontext()) as hook:
         for i in range(start, stop):
             t = schedule.timesteps[i]
             delta = delta_h(i) if delta_h is not None else None
@@ -173,7 +177,8 @@ def denoise(
                 trace.xs.append(x.detach().clone())
             if trace is not None:
                 trace.steps.append(i)
-            hook.delta = delta
+            if hook is not None:
+                hook.delta = delta
             eps = predict_eps(backbone, x, t, cond, hook)
             if trace is not None and trace.record_h:
                 # Record the unshifted h: what the model produced before the edit.

@@ -1,8 +1,8 @@
 """Ray executor: long-lived actors, one per GPU (or per CPU slot without GPUs), each holding loaded models.
 
 Actors, not tasks: for GPU tasks Ray does not reuse worker processes, so tasks would reload the
-pipeline every time. Work goes out one job per idle actor; a dead actor is replaced and its job
-resubmitted (bounded), so a unit is never dropped.
+pipeline every time. Each actor holds up to `jobs_per_worker` jobs (its next batch is already waiting
+when one finishes); a dead actor is replaced and its jobs resubmitted (bounded), so a unit is never dropped.
 """
 from __future__ import annotations
 
@@ -39,8 +39,11 @@ class WorkerActor:
         return os.getpid()
 
 
-def ensure_ray(address: str | None) -> bool:
-    """Start (or join) Ray; returns True when this call started it and should shut it down."""
+def ensure_ray(address: str | None, num_gpus: int | None = None) -> bool:
+    """Start (or join) Ray; returns True when this call started it and should shut it down.
+
+    `num_gpus` declares GPUs to a local instance, real or not: the scheduling benchmark runs N
+    "GPU" actors on a CPU machine this way (workers still choose their device from torch)."""
     if ray.is_initialized():
         return False
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -49,7 +52,7 @@ def ensure_ray(address: str | None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+        ray.init(num_cpus=max(os.cpu_count() or 1, num_gpus or 0), num_gpus=num_gpus, **kwargs)
     return True
 
 
@@ -66,7 +69,9 @@ class RayExecutor:
             self._options = {"num_gpus": config.executor.gpus_per_worker, "num_cpus": config.executor.threads}
         else:
             self._options = {"num_cpus": config.executor.threads}
-        self._remote = ray.remote(WorkerActor)
+        # Two threads per actor: the second job waits on the worker's device lock, then computes while the
+        # first one writes its images (Worker.run_batch).
+        self._remote = ray.remote(max_concurrency=max(2, config.executor.jobs_per_worker))(WorkerActor)
         self._next_id = 0
         self.actors = [self._start_actor() for _ in range(self.num_workers)]
         if config.executor.unit_timeout_s:
@@ -84,13 +89,14 @@ class RayExecutor:
 
     def map(self, kind: str, jobs: Sequence[Any], on_done: OnDone, on_failed: OnFailed | None = None) -> None:
         queue = deque(jobs)
-        idle = deque(self.actors)
         in_flight: dict[Any, tuple[Any, Any, float]] = {}  # ref -> (actor, job, deadline)
         deaths: dict[int, int] = {}  # id(job) -> times a worker died on it
         timeout = self.config.executor.unit_timeout_s
+        # A deadline cannot tell waiting from running, so a run with per-unit timeouts sends one job at a time.
+        depth = 1 if timeout else self.config.executor.jobs_per_worker
         while queue or in_flight:
-            while queue and idle:
-                actor, job = idle.popleft(), queue.popleft()
+            while queue and (actor := self._next_actor(in_flight, depth, len(queue))) is not None:
+                job = queue.popleft()
                 # Prepare jobs (fitting directions, training an MLP) are one-off and have no time limit.
                 limit = timeout * len(job.units) if (timeout and hasattr(job, "units")) else None
                 deadline = time.monotonic() + limit if limit else float("inf")
@@ -100,9 +106,9 @@ class RayExecutor:
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
             if not ready:
                 for ref, (actor, job, deadline) in list(in_flight.items()):
-                    if deadline <= time.monotonic():
+                    if deadline <= time.monotonic() and ref in in_flight:
                         del in_flight[ref]
-                        idle.append(self._replace(actor))
+                        self._replace(actor)
                         self._fail(job, f"timed out after {timeout * len(job.units):.0f}s "
                                         f"(executor.unit_timeout_s={timeout} per unit)", on_failed)
                 continue
@@ -111,16 +117,34 @@ class RayExecutor:
             try:
                 result = ray.get(ref)
             except (RayActorError, WorkerCrashedError) as exc:
-                deaths[id(job)] = deaths.get(id(job), 0) + 1
                 print(f"[harness] worker died ({type(exc).__name__}) on a {kind} job; replacing it", flush=True)
-                idle.append(self._replace(actor))
+                # Every job the dead worker held goes back to the queue; only the one it was running is charged.
+                held = [job]
+                for other, (a, j, _) in list(in_flight.items()):
+                    if a is actor:
+                        del in_flight[other]
+                        held.append(j)
+                if actor in self.actors:
+                    self._replace(actor)
+                deaths[id(job)] = deaths.get(id(job), 0) + 1
                 if deaths[id(job)] > MAX_ACTOR_RESTARTS:
                     self._fail(job, f"the worker died {deaths[id(job)]} times running this batch", on_failed)
-                else:
-                    queue.appendleft(job)
+                    held = held[1:]
+                queue.extendleft(reversed(held))
                 continue
-            idle.append(actor)
             on_done(job, result)
+
+    def _next_actor(self, in_flight: dict[Any, tuple[Any, Any, float]], depth: int, queued: int) -> Any:
+        """The least-loaded actor with room, or None. A second job per actor only while the queue holds at
+        least one job per actor, so the end of the run is not stuck behind a job waiting on a busy actor."""
+        load = {id(a): 0 for a in self.actors}
+        for actor, _, _ in in_flight.values():
+            load[id(actor)] = load.get(id(actor), 0) + 1
+        actor = min(self.actors, key=lambda a: load[id(a)])
+        n = load[id(actor)]
+        if n == 0 or (n < depth and queued >= len(self.actors)):
+            return actor
+        return None
 
     def _replace(self, actor: Any) -> Any:
         ray.kill(actor)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     args.out.mkdir(parents=True, exist_ok=True)
     log = LossLog(args.out / "loss.csv", append=args.resume)
-    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    g = torch.Generator(device="cpu").manual_seed(args.seed + args.start_step)
     start = time.time()
     step = args.start_step
     while step < args.start_step + args.max_steps and time.time() - start < args.minutes * 60:

@@ -198,21 +198,29 @@ def main(argv: list[str] | None = None):
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for samples.png")
     p.add_argument("--sample-guidance", type=float, default=5.0)
     add_run_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the EMA weights saved in --out")
+    p.add_argument("--start-step", type=int, default=0, help="data/step offset when resuming (fresh batches)")
     args = p.parse_args(argv)
     apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     text_encoder, tokenizer = load_text_tower(args.clip)
     text_encoder = text_encoder.to(device)
-    unet = build_unet(text_encoder.config.hidden_size, args.resolution, args.attn_levels).to(device)
+    if args.resume:
+        from diffusers import UNet2DConditionModel
+
+        # Only the EMA weights are saved, so a resumed run restarts its raw weights from them.
+        unet = UNet2DConditionModel.from_pretrained(args.out, subfolder="unet").to(device)
+    else:
+        unet = build_unet(text_encoder.config.hidden_size, args.resolution, args.attn_levels).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = build_scheduler()
     alphas = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     args.out.mkdir(parents=True, exist_ok=True)
-    log = LossLog(args.out / "loss.csv")
-    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    log = LossLog(args.out / "loss.csv", append=args.resume)
+    g = torch.Generator(device="cpu").manual_seed(args.seed + args.start_step)
     start = time.time()
-    step = 0
+    step = args.start_step
 
     def checkpoint() -> None:
         save(args.out, ema, scheduler, text_encoder, tokenizer)
@@ -222,7 +230,7 @@ def main(argv: list[str] | None = None):
         (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
         print(f"saved step {step} -> {args.out}", flush=True)
 
-    while step < args.max_steps and time.time() - start < args.minutes * 60:
+    while step < args.start_step + args.max_steps and time.time() - start < args.minutes * 60:
         x0, prompts = batch(step, args.batch_size, args.resolution, args.seed)
         drop = torch.rand(len(prompts), generator=g) < args.uncond_prob
         prompts = ["" if d else text for d, text in zip(drop.tolist(), prompts)]
@@ -233,8 +241,9 @@ def main(argv: list[str] | None = None):
         a = alphas[t].view(-1, 1, 1, 1)
         pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=context).sample
         loss = F.mse_loss(pred, noise)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
-        optimiser_step(opt, unet, loss, lr, ema, min(args.ema, (1 + step) / (10 + step)))
+        lr = args.lr * min(1.0, (step - args.start_step + 1) / args.warmup)
+        decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
+        optimiser_step(opt, unet, loss, lr, ema, decay)
         step += 1
         log.write(step, loss.item())
         if step % args.save_every == 0:

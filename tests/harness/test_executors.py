@@ -32,7 +32,7 @@ def images(store: RunStore) -> dict[str, bytes]:
 
 def comparable_rows(store: RunStore):
     rows = store.read_rows()
-    return rows.drop(columns=["edit_seconds", "prepare_seconds", "worker", "run_id"]).reset_index(drop=True)
+    return rows.drop(columns=["edit_seconds", "prepare_seconds", "batch_started_at", "batch_finished_at", "worker", "run_id"]).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,20 @@ def test_example_method_from_readme_runs(tmp_path) -> None:
     for row in rows.itertuples():
         same = (root / row.original_path).read_bytes() == (root / row.edited_path).read_bytes()
         assert same == (row.strength == 0.0)
+
+
+def test_second_job_per_worker_only_while_every_worker_can_get_one() -> None:
+    from harness.executors.ray_executor import RayExecutor
+
+    ex = RayExecutor.__new__(RayExecutor)  # the dispatch policy alone, no Ray
+    a, b = object(), object()
+    ex.actors = [a, b]
+    assert ex._next_actor({}, 2, 5) is a
+    in_flight = {1: (a, None, 0.0), 2: (b, None, 0.0)}
+    assert ex._next_actor(in_flight, 2, 2) is a  # enough queued for both: prefetch on the least loaded
+    assert ex._next_actor(in_flight, 2, 1) is None  # the tail: the last job waits for a free worker
+    assert ex._next_actor(in_flight, 1, 10) is None  # jobs_per_worker 1
+    in_flight[3] = (a, None, 0.0)
+    assert ex._next_actor(in_flight, 2, 5) is b
+    in_flight[4] = (b, None, 0.0)
+    assert ex._next_actor(in_flight, 2, 5) is None
