@@ -131,6 +131,43 @@ def harness_run(args: argparse.Namespace, kind: str, out: Path, run_id: str) -> 
     return elapsed - float(rows["prepare_seconds"].max() or 0.0)
 
 
+def metrics_throughput(n: int, resolution: int, batch: int = 16) -> dict[str, float]:
+    """Images/s of the metrics stage's feature models on n random uint8 images (random weights: the real
+    architectures' cost; the real weights cannot be downloaded here). Inception is torchvision's InceptionV3
+    architecture at 299 px, since torch-fidelity's extractor only builds from its weights file."""
+    import torch.nn.functional as F
+    import torchvision
+
+    from metrics.clip import OpenClipScorer
+    from metrics.lpips_metric import LPIPSMetric
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, resolution, resolution), generator=g, dtype=torch.uint8)
+    inception = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False).to(device).eval()
+    inception.fc = torch.nn.Identity()  # pool3 features, as FID uses
+    clip = OpenClipScorer("ViT-B-32", None, random_weights=True, device=device)
+    lpips = LPIPSMetric("alex", random_backbone=True, device=device)
+
+    def inception_features(x: torch.Tensor) -> None:
+        x = F.interpolate(x.to(device).float() / 127.5 - 1, size=(299, 299), mode="bilinear", align_corners=False)
+        inception(x)
+
+    jobs = {"Inception features (FID/KID)": inception_features, "CLIP image features": clip.encode_images,
+            "LPIPS (pairs)": lambda x: lpips(x, x.flip(0))}
+    out = {}
+    with torch.no_grad():
+        for name, fn in jobs.items():
+            fn(images[:batch])  # warm-up
+            sync()
+            start = time.perf_counter()
+            for i in range(0, n, batch):
+                fn(images[i:i + batch])
+            sync()
+            out[name] = n / (time.perf_counter() - start)
+    return out
+
+
 def unet_flops_per_call(model: str, batch: int) -> tuple[int, str]:
     """FLOPs of one UNet forward at this batch (torch.utils.flop_counter on the real architecture)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -190,6 +227,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--metrics-images", type=int, default=32, help="images for the metrics-stage timing (0: skip)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet in every path (executor.compile)")
     ap.add_argument("--write", type=Path, help="append the table to this markdown file")
     args = ap.parse_args()
@@ -248,6 +286,16 @@ def main() -> None:
                       f"{per_image / 1e12:.4f} TFLOP; achieved (bare loop): {achieved / 1e12:.5f} TFLOP/s = "
                       f"{100 * achieved / rate:.1f}% of this device's measured dense matmul rate "
                       f"({rate / 1e12:.3f} TFLOP/s)"]
+    if args.metrics_images:
+        from harness.models import load_backbone
+
+        resolution = load_backbone(args.model, "cpu").resolution
+        per_model = metrics_throughput(args.metrics_images, resolution)
+        metric_s = sum(1 / v for v in per_model.values())  # seconds per image for all three
+        lines += ["", f"Metrics stage on {args.metrics_images} random {resolution}px images (random weights, real "
+                      "architectures; batch 16): " + "; ".join(f"{k} {v:.2f} images/s" for k, v in per_model.items())
+                  + f". All three: {metric_s:.4f} s per image = {100 * metric_s * base_e2e:.1f}% of the bare loop's "
+                    "generation time per image (the GPU target is <= 10%)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

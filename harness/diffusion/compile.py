@@ -26,7 +26,8 @@ def enable_persistent_cache() -> Path:
     """Point inductor's on-disk caches (FX graphs, autotuning, kernels) at one directory shared by runs."""
     path = compile_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
+    # Assigned, not defaulted: inductor writes its own default into this variable the first time it asks.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     return path
