@@ -18,17 +18,12 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from _common import emit  # noqa: E402  (puts the repository on sys.path, sets offline flags)
 
 import torch  # noqa: E402
 
@@ -296,11 +291,7 @@ def main() -> None:
                       "architectures; batch 16): " + "; ".join(f"{k} {v:.2f} images/s" for k, v in per_model.items())
                   + f". All three: {metric_s:.4f} s per image = {100 * metric_s * base_e2e:.1f}% of the bare loop's "
                     "generation time per image (the GPU target is <= 10%)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write("\n" + text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

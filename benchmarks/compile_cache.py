@@ -18,7 +18,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import REPO, emit
 
 CHILD = r"""
 import json, sys, time, torch
@@ -56,9 +56,10 @@ def main() -> None:
     for _ in range(2):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    device = "cuda" if "cuda" in subprocess.run([sys.executable, "-c", "import torch;print('cuda' if torch.cuda.is_available() else 'cpu')"],
-                                                capture_output=True, text=True).stdout else "cpu"
-    text = "\n".join([
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    emit([
         f"### Compile warm-up, {args.model}, batch {args.batch}",
         "",
         f"device: {device}, {os.cpu_count()} cores, 1 torch thread; date {datetime.now(timezone.utc).date()}; load average "
@@ -68,12 +69,7 @@ def main() -> None:
         "|---|---|---|",
         f"| 1st, empty cache | {runs[0][0]:.2f} | {runs[0][1]:.4f} |",
         f"| 2nd, same cache | {runs[1][0]:.2f} | {runs[1][1]:.4f} |",
-        "",
-    ])
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write("\n" + text)
+    ], args.write)
 
 
 if __name__ == "__main__":

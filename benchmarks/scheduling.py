@@ -22,17 +22,12 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from _common import emit  # noqa: E402  (puts the repository on sys.path, sets offline flags)
 
 from harness.config import run_config_from_dict  # noqa: E402
 from harness.runner import execute, plan  # noqa: E402
@@ -105,11 +100,7 @@ def main() -> None:
             print(lines[-1], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write("\n" + text)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

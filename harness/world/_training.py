@@ -1,6 +1,7 @@
 """Pieces the world's training scripts share: the optimiser step with EMA, and loss logging."""
 from __future__ import annotations
 
+import copy
 import csv
 import time
 from typing import Any
@@ -53,3 +54,28 @@ def apply_run_args(args: Any) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+
+
+def add_resume_args(parser: Any) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue from the EMA weights saved in --out")
+    parser.add_argument("--start-step", type=int, default=0, help="data/step offset when resuming (fresh batches)")
+
+
+def start_training(unet: torch.nn.Module, scheduler: Any, args: Any, device: str) -> tuple[Any, torch.Tensor, Any, LossLog, Any]:
+    """EMA copy, noise schedule, optimiser, loss log and RNG of a fresh or resumed (`args.resume`) run.
+
+    Only EMA weights are ever saved, so a resumed run restarts its raw weights from them."""
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    alphas = scheduler.alphas_cumprod.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = LossLog(args.out / "loss.csv", append=args.resume)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed + args.start_step)
+    return ema, alphas, opt, log, generator
+
+
+def rates(args: Any, step: int) -> tuple[float, float]:
+    """(learning rate with linear warm-up, EMA decay) at `step`; a resumed run keeps the full decay."""
+    lr = args.lr * min(1.0, (step - args.start_step + 1) / args.warmup)
+    decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
+    return lr, decay

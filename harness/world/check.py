@@ -123,7 +123,6 @@ def sample_unconditional(directory: Path, n: int, steps: int, seed: int = 0, bat
 
 def sample_text(directory: Path, prompts: Sequence[str], guidance: float, steps: int, seed: int = 0,
                 batch_size: int = 32) -> np.ndarray:
-    import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.world import render_batch, sample_scenes
-from harness.world._training import LossLog, add_run_args, apply_run_args, optimiser_step
+from harness.world._training import (
+    add_resume_args, add_run_args, apply_run_args, optimiser_step, rates, start_training,
+)
 
 
 def build_unet(resolution: int):
@@ -84,25 +86,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-every", type=int, default=500)
     add_run_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the EMA weights saved in --out")
-    p.add_argument("--start-step", type=int, default=0, help="data/step offset when resuming (fresh batches)")
+    add_resume_args(p)
     args = p.parse_args(argv)
     apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.resume:
         from diffusers import UNet2DModel
 
-        # Only the EMA weights are saved, so a resumed run restarts its raw weights from them.
         unet = UNet2DModel.from_pretrained(args.out, subfolder="unet").to(device)
     else:
         unet = build_unet(args.resolution).to(device)
-    ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = build_scheduler()
-    alphas = scheduler.alphas_cumprod.to(device)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = LossLog(args.out / "loss.csv", append=args.resume)
-    g = torch.Generator(device="cpu").manual_seed(args.seed + args.start_step)
+    ema, alphas, opt, log, g = start_training(unet, scheduler, args, device)
     start = time.time()
     step = args.start_step
     while step < args.start_step + args.max_steps and time.time() - start < args.minutes * 60:
@@ -111,8 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample, noise)
-        decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
-        lr = args.lr * min(1.0, (step - args.start_step + 1) / args.warmup)
+        lr, decay = rates(args, step)
         optimiser_step(opt, unet, loss, lr, ema, decay)
         step += 1
         log.write(step, loss.item())

@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from harness.world import caption, render_batch, sample_scenes
-from harness.world._training import LossLog, add_run_args, apply_run_args, optimiser_step
+from harness.world._training import (
+    add_resume_args, add_run_args, apply_run_args, optimiser_step, rates, start_training,
+)
 
 ATTN_LEVELS = {
     # cross-attention (self-attn + cross-attn + FF transformer, 1 head) at the 8x8 level and the mid block
@@ -198,8 +200,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for samples.png")
     p.add_argument("--sample-guidance", type=float, default=5.0)
     add_run_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the EMA weights saved in --out")
-    p.add_argument("--start-step", type=int, default=0, help="data/step offset when resuming (fresh batches)")
+    add_resume_args(p)
     args = p.parse_args(argv)
     apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -208,17 +209,11 @@ def main(argv: list[str] | None = None):
     if args.resume:
         from diffusers import UNet2DConditionModel
 
-        # Only the EMA weights are saved, so a resumed run restarts its raw weights from them.
         unet = UNet2DConditionModel.from_pretrained(args.out, subfolder="unet").to(device)
     else:
         unet = build_unet(text_encoder.config.hidden_size, args.resolution, args.attn_levels).to(device)
-    ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = build_scheduler()
-    alphas = scheduler.alphas_cumprod.to(device)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = LossLog(args.out / "loss.csv", append=args.resume)
-    g = torch.Generator(device="cpu").manual_seed(args.seed + args.start_step)
+    ema, alphas, opt, log, g = start_training(unet, scheduler, args, device)
     start = time.time()
     step = args.start_step
 
@@ -241,8 +236,7 @@ def main(argv: list[str] | None = None):
         a = alphas[t].view(-1, 1, 1, 1)
         pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=context).sample
         loss = F.mse_loss(pred, noise)
-        lr = args.lr * min(1.0, (step - args.start_step + 1) / args.warmup)
-        decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
+        lr, decay = rates(args, step)
         optimiser_step(opt, unet, loss, lr, ema, decay)
         step += 1
         log.write(step, loss.item())
