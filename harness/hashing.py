@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from functools import lru_cache
 from typing import Any
 
 
@@ -17,3 +19,21 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
 def stable_seed(*parts: Any) -> int:
     """A 63-bit seed from a hash, never from a global RNG stream (results must not depend on work split)."""
     return int(hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:15], 16)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes ("missing:<path>" when absent); cached per path, size and mtime."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"missing:{os.fspath(path)}"
+    return _file_sha256(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

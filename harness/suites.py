@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from harness.config import CONFIG_DIR, load_yaml
 from harness.errors import ConfigError
-from harness.hashing import stable_hash
+from harness.hashing import file_sha256, stable_hash
 from harness.schema import from_dict, to_dict
 
 SUITE_DIR = CONFIG_DIR / "suites"
@@ -80,7 +80,13 @@ class Suite:
 
     @property
     def fingerprint(self) -> str:
-        return stable_hash(to_dict(self))
+        """Hash of what the suite asks for. A real image counts by its bytes, not its path, so moving the
+        checkout keeps prepare caches valid and replacing an image's content invalidates them."""
+        content = to_dict(self)
+        content.pop("image_folders")  # already expanded into items
+        content["items"] = [dict(it, image=file_sha256(it["image"])) if it.get("image") else it
+                            for it in content["items"]]
+        return stable_hash(content)
 
 
 def select_items(suite: Suite, items: tuple[str, ...] | None) -> Suite:
