@@ -38,14 +38,6 @@ class NoOptions:
 
 
 @dataclass(frozen=True)
-class Resources:
-    """What one worker needs to run the method; the Ray executor reserves it."""
-
-    gpus: float = 1.0
-    memory_gb: float | None = None
-
-
-@dataclass(frozen=True)
 class EditRequest:
     unit_key: str
     item: SuiteItem
@@ -79,7 +71,6 @@ class EditMethod:
     version: ClassVar[int] = 1
     families: ClassVar[tuple[str, ...]] = ("unconditional", "text")
     Options: ClassVar[type] = NoOptions
-    resources: ClassVar[Resources] = Resources()
     needs_prepare: ClassVar[bool] = False
     """True when `prepare` learns something (directions, an MLP) worth caching."""
 
