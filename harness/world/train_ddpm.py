@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from harness.world import render_batch, sample_scenes
 from harness.world._training import (
-    add_resume_args, add_run_args, apply_run_args, optimiser_step, rates, start_training,
+    add_prediction_arg, add_resume_args, add_run_args, apply_run_args, build_scheduler, noised_and_target,
+    optimiser_step, rates, start_training,
 )
 
 
@@ -34,13 +35,6 @@ def build_unet(resolution: int):
         block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=None,
     )
-
-
-def build_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                         clip_sample=False, set_alpha_to_one=True, steps_offset=1)
 
 
 def batch_images(step: int, batch_size: int, resolution: int, seed: int) -> torch.Tensor:
@@ -87,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-every", type=int, default=500)
     add_run_args(p)
     add_resume_args(p)
+    add_prediction_arg(p)
     args = p.parse_args(argv)
     apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -96,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         unet = UNet2DModel.from_pretrained(args.out, subfolder="unet").to(device)
     else:
         unet = build_unet(args.resolution).to(device)
-    scheduler = build_scheduler()
+    scheduler = build_scheduler(args.prediction)
     ema, alphas, opt, log, g = start_training(unet, scheduler, args, device)
     start = time.time()
     step = args.start_step
@@ -105,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         t = torch.randint(0, 1000, (x0.shape[0],), generator=g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
-        loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample, noise)
+        x_t, target = noised_and_target(x0, noise, a, args.prediction)
+        loss = F.mse_loss(unet(x_t, t).sample, target)
         lr, decay = rates(args, step)
         optimiser_step(opt, unet, loss, lr, ema, decay)
         step += 1

@@ -6,7 +6,7 @@
 A UNet2DConditionModel on 32x32x3 pixels (no VAE), conditioned through cross-attention on the FROZEN text
 encoder of the world CLIP (train_clip.py): last hidden state, captions padded to 77 tokens, no attention
 mask, exactly as harness.diffusion.backbone.Backbone.encode_text computes it. 10% of the captions are
-replaced by "" so that classifier-free guidance works. epsilon-prediction, linear betas 1e-4..0.02 over
+replaced by "" so that classifier-free guidance works. v-prediction (--prediction), linear betas 1e-4..0.02 over
 1000 steps (the world DDPM's schedule). The EMA weights are what is saved.
 
 Output directory (Stable Diffusion's layout minus the VAE):
@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from harness.world import caption, render_batch, sample_scenes
 from harness.world._training import (
-    add_resume_args, add_run_args, apply_run_args, optimiser_step, rates, start_training,
+    add_prediction_arg, add_resume_args, add_run_args, apply_run_args, build_scheduler, noised_and_target,
+    optimiser_step, rates, start_training,
 )
 
 ATTN_LEVELS = {
@@ -61,13 +62,6 @@ def build_unet(cross_attention_dim: int, resolution: int = 32, attn_levels: int 
         block_out_channels=tuple(block_out_channels), down_block_types=down, up_block_types=up,
         cross_attention_dim=cross_attention_dim, attention_head_dim=1, norm_num_groups=8,
     )
-
-
-def build_scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                         clip_sample=False, set_alpha_to_one=True, steps_offset=1)
 
 
 def load_text_tower(clip_dir: Path):
@@ -201,6 +195,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--sample-guidance", type=float, default=5.0)
     add_run_args(p)
     add_resume_args(p)
+    add_prediction_arg(p)
     args = p.parse_args(argv)
     apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -212,7 +207,7 @@ def main(argv: list[str] | None = None):
         unet = UNet2DConditionModel.from_pretrained(args.out, subfolder="unet").to(device)
     else:
         unet = build_unet(text_encoder.config.hidden_size, args.resolution, args.attn_levels).to(device)
-    scheduler = build_scheduler()
+    scheduler = build_scheduler(args.prediction)
     ema, alphas, opt, log, g = start_training(unet, scheduler, args, device)
     start = time.time()
     step = args.start_step
@@ -234,8 +229,8 @@ def main(argv: list[str] | None = None):
         t = torch.randint(0, 1000, (x0.shape[0],), generator=g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
-        pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=context).sample
-        loss = F.mse_loss(pred, noise)
+        x_t, target = noised_and_target(x0, noise, a, args.prediction)
+        loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=context).sample, target)
         lr, decay = rates(args, step)
         optimiser_step(opt, unet, loss, lr, ema, decay)
         step += 1

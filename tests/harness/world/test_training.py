@@ -194,3 +194,37 @@ def test_pixel_shuffle_keeps_colours_loses_layout():
         assert np.array_equal(key(a), key(b))
         assert not np.array_equal(a, b)
     assert np.array_equal(shuffled, check.pixel_shuffle(images, seed=0))
+
+
+# ----------------------------------------------------------------------------- prediction targets
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_training_target_is_what_the_harness_sampler_converts_back_to_noise(prediction):
+    """A UNet that outputs the exact training target makes predict_eps return the exact noise."""
+    from types import SimpleNamespace
+
+    from harness.diffusion.sampler import predict_eps
+    from harness.world._training import build_scheduler, noised_and_target
+
+    scheduler = build_scheduler(prediction)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, torch.randn(2, 3, 8, 8, generator=g)
+    t = 700
+    x_t, target = noised_and_target(x0, noise, scheduler.alphas_cumprod[t], prediction)
+    a = scheduler.alphas_cumprod[t]
+    # closed forms: x0 is recoverable from (x_t, target) for either parameterisation
+    if prediction == "v_prediction":
+        torch.testing.assert_close(a.sqrt() * x_t - (1 - a).sqrt() * target, x0)
+    else:
+        torch.testing.assert_close(target, noise)
+
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t):
+            return SimpleNamespace(sample=target + 0 * self.w)
+
+    backbone = SimpleNamespace(unet=Oracle(), scheduler=scheduler, dtype=torch.float32, compiled_unet=None)
+    torch.testing.assert_close(predict_eps(backbone, x_t, t, None), noise, rtol=1e-5, atol=1e-5)
