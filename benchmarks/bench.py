@@ -6,10 +6,14 @@
 
 In one process it times (a) a bare loop calling the method's `edit` on the same batches with no
 harness, (b) the same units through the in-process executor, (c) through Ray with one worker, and
-prints images/s with each one's ratio to (a). Timings are medians over --repeats after a warm-up,
-device-synchronised. It also counts the UNet's FLOPs per image (torch's flop counter on the real
-architecture) and reports achieved TFLOP/s against this device's measured dense matmul rate.
-Run it on an otherwise idle machine: every figure is wall-clock.
+prints images/s with each one's ratio to (a); for the SD baseline on a latent SD layout also (d) diffusers'
+StableDiffusionPipeline built from the same components (the reference the baseline must match).
+Timings are medians over --repeats after a warm-up, device-synchronised. It also counts the method's
+model FLOPs per unit (torch's flop counter over one edit call on the real architecture: every UNet
+forward, JVP and VJP) and reports achieved TFLOP/s against this device's measured dense matmul rate,
+and times the metrics stage's feature models (Inception, CLIP, LPIPS) on images of the model's size.
+--compile runs every path through torch.compile. Run it on an otherwise idle machine: every figure is
+wall-clock.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pathlib import Path
 from _common import emit  # noqa: E402  (puts the repository on sys.path, sets offline flags)
 
 import torch  # noqa: E402
+import torch.utils._python_dispatch  # noqa: E402
 
 from harness.config import run_config_from_dict  # noqa: E402
 from harness.runner import execute, plan  # noqa: E402
@@ -48,8 +53,8 @@ def config(args: argparse.Namespace, kind: str, out: Path, run_id: str) -> dict:
     }
 
 
-def bare_loop(args: argparse.Namespace, out: Path) -> float:
-    """Seconds for all units: the method's own code on the same batches, no executor, no store."""
+def bare_setup(args: argparse.Namespace, out: Path) -> tuple:
+    """What the bare loop runs: the plan's batches, the method instance with its prepared state, the model."""
     from harness.models import load_backbone
     from harness.suites import load_suite, select_items
     from harness.worker import choose_dtype
@@ -67,16 +72,49 @@ def bare_loop(args: argparse.Namespace, out: Path) -> float:
     suite = select_items(load_suite(args.suite), cfg.items)
     instance = method.cls(method.options)
     state = instance.prepare(backbone, PrepareContext(suite, cfg.sampler, 0)) if method.cls.needs_prepare else {}
+    batches = [[EditRequest(u.key, suite.item(u.item_id), u.strength, u.noise_seed) for u in b.units]
+               for b in p.batches]
+    return batches, lambda reqs: instance.edit(backbone, state, reqs, cfg.sampler)
+
+
+def bare_loop(args: argparse.Namespace, out: Path) -> float:
+    """Seconds for all units: the method's own code on the same batches, no executor, no store."""
+    batches, edit = bare_setup(args, out)
     sync()
     start = time.perf_counter()
-    for batch in p.batches:
-        reqs = [EditRequest(u.key, suite.item(u.item_id), u.strength, u.noise_seed) for u in batch.units]
-        outputs = instance.edit(backbone, state, reqs, cfg.sampler)
-        for o in outputs:  # the harness converts to uint8 too; count it here so the comparison is fair
+    for reqs in batches:
+        for o in edit(reqs):  # the harness converts to uint8 too; count it here so the comparison is fair
             (o.edited.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
             (o.original.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     sync()
     return time.perf_counter() - start
+
+
+class OpFlops(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts FLOPs of every dispatched op with torch.utils.flop_counter's formulas. FlopCounterMode itself
+    adds module hooks that break functorch's vjp (the Jacobian and Park methods), so only its table is used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self.registry, self.total = flop_registry, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        count = self.registry.get(func._overloadpacket)
+        if count is not None:
+            self.total += count(*args, **(kwargs or {}), out_val=out)
+        return out
+
+
+def edit_flops_per_image(args: argparse.Namespace, out: Path) -> float:
+    """Model FLOPs of the method's edit per unit (original + edited image), counted over one batch: every
+    UNet forward, JVP and VJP, the VAE and the text encoder included."""
+    batches, edit = bare_setup(args, out)
+    with OpFlops() as counter:
+        edit(batches[0])
+    return counter.total / len(batches[0])
 
 
 def diffusers_pipeline(args: argparse.Namespace) -> float:
@@ -163,23 +201,6 @@ def metrics_throughput(n: int, resolution: int, batch: int = 16) -> dict[str, fl
     return out
 
 
-def unet_flops_per_call(model: str, batch: int) -> tuple[int, str]:
-    """FLOPs of one UNet forward at this batch (torch.utils.flop_counter on the real architecture)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from harness.diffusion import make_condition
-    from harness.models import load_backbone
-
-    backbone = load_backbone(model, "cpu")
-    x = torch.randn(batch, *backbone.state_shape())
-    kw = {}
-    if backbone.family == "text":
-        kw["encoder_hidden_states"] = make_condition(backbone, [""] * batch, 1.0).cond
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        backbone.unet(x, 500, **kw)
-    return counter.get_total_flops(), backbone.family
-
-
 def matmul_rate() -> float:
     """Measured dense matmul FLOP/s on this device (bf16 on CUDA, fp32 on CPU)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -196,12 +217,6 @@ def matmul_rate() -> float:
         sync()
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times)
-
-
-def unet_calls_per_image(method: str, family: str, steps: int) -> int:
-    """UNet forwards per edited image, counting each CFG half (the original is regenerated too)."""
-    cfg = 2 if family == "text" else 1
-    return {"sd": 2 * steps * cfg, "random-direction": 2 * steps * cfg}.get(method, 0)
 
 
 def device_name() -> str:
@@ -248,10 +263,9 @@ def main() -> None:
             for name, run in paths.items():
                 for a in (small, large):
                     results[name][a.units].append(run(a, r))
+        per_image = edit_flops_per_image(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    flops, family = unet_flops_per_call(args.model, 1)
-    per_image = flops * unet_calls_per_image(args.method, family, args.steps)
     rate = matmul_rate()
     def rates(name: str) -> tuple[float, float]:
         t1, t2 = (statistics.median(results[name][n]) for n in (args.units, 2 * args.units))
@@ -277,8 +291,8 @@ def main() -> None:
         lines.append(f"| {name} | {e2e:.3f} | {e2e / base_e2e:.3f} | {m} | {mr} |")
     if per_image:
         achieved = per_image * base
-        lines += ["", f"UNet FLOPs per forward (batch 1): {flops / 1e9:.3f} GFLOP; per edited image: "
-                      f"{per_image / 1e12:.4f} TFLOP; achieved (bare loop): {achieved / 1e12:.5f} TFLOP/s = "
+        lines += ["", f"Model FLOPs per unit (original + edited image; every UNet, JVP/VJP, VAE and text-encoder "
+                      f"call of the edit, torch's flop counter): {per_image / 1e12:.5f} TFLOP; achieved (bare loop): {achieved / 1e12:.5f} TFLOP/s = "
                       f"{100 * achieved / rate:.1f}% of this device's measured dense matmul rate "
                       f"({rate / 1e12:.3f} TFLOP/s)"]
     if args.metrics_images:
