@@ -25,16 +25,17 @@ def preflight(raw: dict[str, Any]) -> None:
     """Build every enabled metric model once, so missing weights fail before any generation."""
     from metrics.clip import load_clip_scorer
     from metrics.fid_stage import build_fid_backbone
-    from metrics.lpips_metric import LPIPSMetric
+    from metrics.lpips_metric import build_lpips
 
     cfg = metrics_config(raw)
     if cfg.fid.enabled and cfg.fid.backbone != "clip":
         build_fid_backbone(cfg)
-    if cfg.clip.enabled or cfg.disentanglement.enabled:
+    scorer = None
+    if cfg.clip.enabled or cfg.disentanglement.enabled or (cfg.lpips.enabled and cfg.lpips.backbone == "clip-features"):
         c = cfg.clip
-        load_clip_scorer(c.backend, c.model, c.pretrained, c.model_config, c.random_weights, "cpu", c.seed)
+        scorer = load_clip_scorer(c.backend, c.model, c.pretrained, c.model_config, c.random_weights, "cpu", c.seed)
     if cfg.lpips.enabled:
-        LPIPSMetric(cfg.lpips.net, cfg.lpips.random_backbone, cfg.lpips.seed, "cpu")
+        build_lpips(cfg.lpips, scorer, "cpu")
 
 
 def oracle_targets(store: RunStore) -> dict[str, tuple[str, str]]:

@@ -60,6 +60,9 @@ class ClipConfig:
 @dataclass(frozen=True)
 class LPIPSConfig:
     enabled: bool = True
+    backbone: Literal["lpips", "clip-features"] = "lpips"
+    """lpips: the lpips package with `net` (needs torchvision's ImageNet weights); clip-features: the same
+    distance formula, uniform weights, on the metrics.clip model's vision hidden states (embedded, labelled)."""
     net: Literal["alex", "vgg", "squeeze"] = "alex"
     random_backbone: bool = False  # tests only: lpips pnet_rand=True, labelled in provenance
     seed: int = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,3 +70,47 @@ class LPIPSMetric:
             raise ValueError(f"LPIPS pairs must have equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
         d = self.net(uint8_to_lpips_range(x).to(self.device), uint8_to_lpips_range(y).to(self.device))
         return d.reshape(-1).double().cpu()
+
+
+class ClipFeatureLPIPS:
+    """LPIPS's distance with uniform layer weights on a CLIP vision tower: the embedded stand-in when the
+    AlexNet/VGG weights are absent (e.g. the world CLIP). Labelled as such in its provenance.
+
+    d(x, y) = sum over layers l of mean over tokens of || n(f_l(x)) - n(f_l(y)) ||^2, where f_l are the
+    vision transformer's hidden states after embedding and after each layer, and n scales each token's
+    feature vector to unit length (LPIPS eq. 1 with w_l = 1: its "baseline" variant, no learned weights).
+    """
+
+    def __init__(self, scorer: Any) -> None:
+        if not hasattr(scorer, "model") or not hasattr(scorer.model, "vision_model"):
+            raise ConfigError("metrics.lpips.backbone", "clip-features", ["lpips"],
+                              "clip-features needs metrics.clip.backend: transformers (a CLIPModel directory)")
+        self.scorer, self.device = scorer, scorer.device
+        self.name = f"clip-features:{scorer.name}"
+        self.weights_sha256, self.resize = scorer.weights_sha256, scorer.resize
+        self.implementation = "LPIPS formula, uniform layer weights, on CLIP vision hidden states (not AlexNet LPIPS)"
+        self.library_version = scorer.library_version
+
+    def hidden_states(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pixels = self.scorer.processor(images=[im.cpu() for im in images], return_tensors="pt")["pixel_values"]
+        out = self.scorer.model.vision_model(pixel_values=pixels.to(self.device), output_hidden_states=True)
+        return out.hidden_states
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_uint8_images(x)
+        check_uint8_images(y)
+        if x.shape != y.shape:
+            raise ValueError(f"LPIPS pairs must have equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        total = torch.zeros(x.shape[0], dtype=torch.float64)
+        for fx, fy in zip(self.hidden_states(x), self.hidden_states(y)):
+            fx, fy = (torch.nn.functional.normalize(f.double(), dim=-1, eps=1e-10) for f in (fx, fy))
+            total += ((fx - fy) ** 2).sum(-1).mean(-1).cpu()
+        return total
+
+
+def build_lpips(config: Any, scorer: Any, device: str) -> Any:
+    """The configured LPIPS: the lpips package's networks, or the CLIP-feature stand-in."""
+    if config.backbone == "clip-features":
+        return ClipFeatureLPIPS(scorer)
+    return LPIPSMetric(config.net, config.random_backbone, config.seed, device)

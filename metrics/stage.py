@@ -20,7 +20,7 @@ from metrics.clip import CLIPScorer, ZeroShotAttributeScorer, aggregate_clip_sco
 from metrics.config import MetricsConfig
 from metrics.disentanglement import disentanglement_matrix, scores_from_arrays
 from metrics.fid_stage import GROUP_KEYS, build_fid_backbone, fid_aggregates
-from metrics.lpips_metric import LPIPSMetric
+from metrics.lpips_metric import ClipFeatureLPIPS, LPIPSMetric, build_lpips
 from metrics.provenance import Provenance
 from metrics.runtime import summarise_runtime
 
@@ -91,7 +91,7 @@ def clip_per_image(done: pd.DataFrame, store: ImageStore, scorer: CLIPScorer, ba
                             prov)
 
 
-def lpips_per_image(done: pd.DataFrame, store: ImageStore, metric: LPIPSMetric, batch_size: int,
+def lpips_per_image(done: pd.DataFrame, store: ImageStore, metric: LPIPSMetric | ClipFeatureLPIPS, batch_size: int,
                     cache: ValueCache) -> pd.DataFrame:
     ed, og = list(done["edited_path"]), list(done["original_path"])
     keys = [sha256_json([store.sha(e), store.sha(o)]) for e, o in zip(ed, og)]
@@ -191,10 +191,11 @@ def compute_metrics(rows: pd.DataFrame, run_dir: Path, config: MetricsConfig,
 
     # 1. Build every enabled component first: bad config or missing weights fail before any model runs.
     c, lp, d = config.clip, config.lpips, config.disentanglement
-    need_clip = c.enabled or d.enabled or (config.fid.enabled and config.fid.backbone == "clip")
+    need_clip = (c.enabled or d.enabled or (config.fid.enabled and config.fid.backbone == "clip")
+                 or (lp.enabled and lp.backbone == "clip-features"))
     scorer = load_clip_scorer(c.backend, c.model, c.pretrained, c.model_config, c.random_weights, config.device,
                               c.seed) if need_clip else None
-    lpips_metric = LPIPSMetric(lp.net, lp.random_backbone, lp.seed, config.device) if lp.enabled else None
+    lpips_metric = build_lpips(lp, scorer, config.device) if lp.enabled else None
     backbone = build_fid_backbone(config, scorer) if config.fid.enabled else None
 
     # 2. Per-image values (cached), then their group aggregates.

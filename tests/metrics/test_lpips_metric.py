@@ -55,3 +55,46 @@ def test_lpips_rejects_float_or_mismatched_inputs() -> None:
         m(x.float(), x)
     with pytest.raises(ValueError, match="equal shapes"):
         m(x, random_images(2, size=40))
+
+
+# --- the embedded stand-in: LPIPS's formula on CLIP vision hidden states ---------------------------------
+
+def test_clip_feature_lpips_equals_a_direct_per_layer_computation(tiny_hf_clip_dir: Path) -> None:
+    import numpy as np
+    from transformers import CLIPModel, CLIPProcessor
+
+    from metrics.clip import load_clip_scorer
+    from metrics.lpips_metric import ClipFeatureLPIPS
+
+    metric = ClipFeatureLPIPS(load_clip_scorer("transformers", str(tiny_hf_clip_dir)))
+    x, y = random_images(3, size=32, seed=1), random_images(3, size=32, seed=2)
+    got = metric(x, y)
+    # independent: the model and processor loaded afresh, the sum written out per layer and token in numpy
+    model = CLIPModel.from_pretrained(tiny_hf_clip_dir).eval()
+    proc = CLIPProcessor.from_pretrained(tiny_hf_clip_dir)
+
+    def states(images):
+        px = proc(images=[im for im in images], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            return [h.double().numpy() for h in model.vision_model(pixel_values=px, output_hidden_states=True).hidden_states]
+
+    expected = np.zeros(3)
+    for hx, hy in zip(states(x), states(y)):
+        for i in range(3):
+            per_token = [np.sum((a / np.linalg.norm(a) - b / np.linalg.norm(b)) ** 2) for a, b in zip(hx[i], hy[i])]
+            expected[i] += np.mean(per_token)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9)
+    assert torch.all(got > 0)
+    torch.testing.assert_close(metric(y, x), got)  # symmetric
+    assert torch.allclose(metric(x, x), torch.zeros(3, dtype=torch.float64))
+    assert metric.name.startswith("clip-features:") and "not AlexNet" in metric.implementation
+
+
+def test_clip_feature_lpips_needs_a_transformers_clip(tiny_open_clip_config: Path) -> None:
+    from metrics.clip import load_clip_scorer
+    from metrics.lpips_metric import ClipFeatureLPIPS
+
+    scorer = load_clip_scorer("open_clip", tiny_open_clip_config.stem, model_config=str(tiny_open_clip_config),
+                              random_weights=True)
+    with pytest.raises(ConfigError, match="metrics.lpips.backbone"):
+        ClipFeatureLPIPS(scorer)

@@ -249,3 +249,23 @@ def test_reference_folder_skips_unreadable_and_wrongly_sized_files(run_template,
         assert r["n_ref"] == 6 and "broken.png (unreadable" in r["warning"] and "big.png (size" in r["warning"]
         g = done[(done.method == r["method"]) & (done.attribute == r["attribute"])].sort_values("unit_key")
         assert r["value"] == pytest.approx(_torchmetrics_fid(ref, _load(run_dir, list(g.edited_path))), rel=1e-7)  # FID near 0 here: float64 summation order shows at 1e-9
+
+
+def test_clip_feature_lpips_in_stage_uses_the_clip_model_and_is_labelled(run_template, tmp_path: Path,
+                                                                         tiny_hf_clip_dir: Path) -> None:
+    from metrics.lpips_metric import ClipFeatureLPIPS
+    from metrics.clip import load_clip_scorer
+
+    run_dir, rows = _fresh(run_template, tmp_path / "run")
+    cfg = MetricsConfig.from_dict({"device": "cpu", "fid": {"enabled": False}, "clip": {
+        "enabled": False, "backend": "transformers", "model": str(tiny_hf_clip_dir)},
+        "lpips": {"backbone": "clip-features", "batch_size": 3}})
+    per, agg = compute_metrics(rows, run_dir, cfg)
+    assert set(per.metric) == {"lpips"}  # CLIP score off, its model still built for the LPIPS stand-in
+    done = rows[rows.status == "done"].sort_values("unit_key")
+    direct = ClipFeatureLPIPS(load_clip_scorer("transformers", str(tiny_hf_clip_dir)))(
+        _load(run_dir, list(done.edited_path)), _load(run_dir, list(done.original_path)))
+    got = per.set_index("unit_key").loc[done.unit_key, "value"].to_numpy()
+    np.testing.assert_allclose(got, direct.numpy(), rtol=1e-9)
+    lp = agg[agg.metric == "lpips"]
+    assert len(lp) and lp.backbone.str.startswith("clip-features:").all()
