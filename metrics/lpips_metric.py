@@ -27,6 +27,13 @@ def backbone_checkpoint(net: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+def check_pairs(x: torch.Tensor, y: torch.Tensor) -> None:
+    check_uint8_images(x)
+    check_uint8_images(y)
+    if x.shape != y.shape:
+        raise ValueError(f"LPIPS pairs must have equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
 def uint8_to_lpips_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1], the input range LPIPS was trained on."""
     return images.float() / 127.5 - 1.0
@@ -64,10 +71,7 @@ class LPIPSMetric:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_uint8_images(x)
-        check_uint8_images(y)
-        if x.shape != y.shape:
-            raise ValueError(f"LPIPS pairs must have equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        check_pairs(x, y)
         d = self.net(uint8_to_lpips_range(x).to(self.device), uint8_to_lpips_range(y).to(self.device))
         return d.reshape(-1).double().cpu()
 
@@ -98,10 +102,7 @@ class ClipFeatureLPIPS:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        check_uint8_images(x)
-        check_uint8_images(y)
-        if x.shape != y.shape:
-            raise ValueError(f"LPIPS pairs must have equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        check_pairs(x, y)
         total = torch.zeros(x.shape[0], dtype=torch.float64)
         for fx, fy in zip(self.hidden_states(x), self.hidden_states(y)):
             fx, fy = (torch.nn.functional.normalize(f.double(), dim=-1, eps=1e-10) for f in (fx, fy))
