@@ -212,5 +212,11 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return from_dict(RunConfig, raw)
 
 
+DERIVED_KEYS = ("model_fingerprints",)
+"""Written into a run's config.yaml from the models themselves; recomputed, never read, so that file loads
+back as a config."""
+
+
 def run_config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    raw = {k: v for k, v in raw.items() if k not in DERIVED_KEYS}
     return from_dict(RunConfig, apply_overrides(raw, overrides or []))

@@ -58,11 +58,15 @@ def plan(config: RunConfig) -> Plan:
 
 
 def identity_config(config: RunConfig) -> dict[str, Any]:
-    """What defines a run's results. Metrics settings are saved with the metric tables instead."""
+    """What defines a run's results. Metrics settings are saved with the metric tables instead.
+
+    The models' fingerprints are part of it: unit keys name models, not weights, so without them a re-run
+    after retraining a checkpoint would keep the old checkpoint's images as done."""
     resolved = to_dict(config)
     resolved.pop("metrics")
     for key in PLACEMENT_KEYS:
         resolved["executor"].pop(key, None)
+    resolved["model_fingerprints"] = {m: model_fingerprint(resolve_model(m)) for m in config.models}
     return resolved
 
 

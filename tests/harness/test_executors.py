@@ -112,3 +112,18 @@ def test_second_job_per_worker_only_while_every_worker_can_get_one() -> None:
     assert ex._next_actor(in_flight, 2, 5) is b
     in_flight[4] = (b, None, 0.0)
     assert ex._next_actor(in_flight, 2, 5) is None
+
+
+def test_rerun_after_a_checkpoint_changed_is_refused(tmp_path, monkeypatch) -> None:
+    """Unit keys name models, not weights: the fingerprints in config.yaml stop stale images passing as done."""
+    import harness.runner as runner
+    from harness.errors import HarnessError
+
+    raw = tiny_run(tmp_path, run_id="fp", models=["tiny-unet"], items=["smile"], seeds=1,
+                   methods=[{"name": "random-direction"}])
+    summary = execute(plan(run_config_from_dict(raw)), progress=False)
+    assert summary.done == 1
+    assert "model_fingerprints" in (Path(summary.run_dir) / "config.yaml").read_text()
+    monkeypatch.setattr(runner, "model_fingerprint", lambda spec: "retrained-weights")
+    with pytest.raises(HarnessError, match="retrained-weights"):
+        execute(plan(run_config_from_dict(raw)), progress=False)
