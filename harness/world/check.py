@@ -1,7 +1,7 @@
 """Figures of the embedded world's models, for whichever checkpoints exist.
 
     python -m harness.world.check [--clip checkpoints/world-clip] [--ddpm checkpoints/world-ddpm]
-                                  [--text2img checkpoints/world-text2img] [--n-uncond 128] [--n-text 64]
+                                  [--text2img checkpoints/world-text2img] [--n-uncond 512] [--n-text 512]
                                   [--guidance 5] [--steps 50] [--json out.json] [--threads N]
 
 1. CLIP (train_clip.py): zero-shot accuracy per factor on held-out renders (bar: shape and fg >= 0.95).
@@ -179,8 +179,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--text2img", type=Path, default=Path("checkpoints/world-text2img"))
     p.add_argument("--n-clip", type=int, default=1000, help="held-out renders for the zero-shot eval")
     p.add_argument("--n-ref", type=int, default=1000, help="held-out renders as the FID reference")
-    p.add_argument("--n-uncond", type=int, default=128, help="unconditional samples")
-    p.add_argument("--n-text", type=int, default=64, help="text-conditional samples (one prompt each)")
+    # 512: with 8-valued colour factors, TV from sampling noise alone is ~0.1 at n = 128 (the bar), ~0.05
+    # at 512; and FID on 64-d features is strongly biased at n = 64.
+    p.add_argument("--n-uncond", type=int, default=512, help="unconditional samples")
+    p.add_argument("--n-text", type=int, default=512, help="text-conditional samples (one prompt each)")
     p.add_argument("--prompt-split", choices=("heldout", "train"), default="heldout")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (eta 0)")
