@@ -31,7 +31,7 @@ def preflight(raw: dict[str, Any]) -> None:
     if cfg.fid.enabled and cfg.fid.backbone != "clip":
         build_fid_backbone(cfg)
     scorer = None
-    if cfg.clip.enabled or cfg.disentanglement.enabled or (cfg.lpips.enabled and cfg.lpips.backbone == "clip-features"):
+    if cfg.needs_clip_model:
         c = cfg.clip
         scorer = load_clip_scorer(c.backend, c.model, c.pretrained, c.model_config, c.random_weights, "cpu", c.seed)
     if cfg.lpips.enabled:

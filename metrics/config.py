@@ -106,3 +106,11 @@ class MetricsConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def needs_clip_model(self) -> bool:
+        """Whether any enabled metric uses the metrics.clip model (CLIP score, zero-shot scores, FID
+        features with backbone clip, LPIPS with backbone clip-features)."""
+        return (self.clip.enabled or self.disentanglement.enabled
+                or (self.fid.enabled and self.fid.backbone == "clip")
+                or (self.lpips.enabled and self.lpips.backbone == "clip-features"))

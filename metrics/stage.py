@@ -191,10 +191,8 @@ def compute_metrics(rows: pd.DataFrame, run_dir: Path, config: MetricsConfig,
 
     # 1. Build every enabled component first: bad config or missing weights fail before any model runs.
     c, lp, d = config.clip, config.lpips, config.disentanglement
-    need_clip = (c.enabled or d.enabled or (config.fid.enabled and config.fid.backbone == "clip")
-                 or (lp.enabled and lp.backbone == "clip-features"))
     scorer = load_clip_scorer(c.backend, c.model, c.pretrained, c.model_config, c.random_weights, config.device,
-                              c.seed) if need_clip else None
+                              c.seed) if config.needs_clip_model else None
     lpips_metric = build_lpips(lp, scorer, config.device) if lp.enabled else None
     backbone = build_fid_backbone(config, scorer) if config.fid.enabled else None
 

@@ -30,6 +30,16 @@ def test_missing_inception_weights_exit_2_before_any_work(tmp_path, capsys) -> N
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("uses_clip", [{"fid": {"backbone": "clip"}},
+                                       {"fid": {"enabled": False}, "lpips": {"backbone": "clip-features"}}])
+def test_missing_clip_model_used_only_by_fid_or_lpips_exit_2_before_any_work(tmp_path, capsys, uses_clip) -> None:
+    path = small(tmp_path, clip={"enabled": False, "backend": "transformers", "model": str(tmp_path / "no-clip")},
+                 **uses_clip)
+    assert main(["run", str(path), "--no-progress"]) == 2
+    assert "no-clip" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_metrics_key_exit_2(tmp_path, capsys) -> None:
     path = small(tmp_path, fid={"backbon": "random-test"})
     assert main(["run", str(path), "--no-progress"]) == 2
