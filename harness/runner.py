@@ -29,6 +29,8 @@ class Plan:
     suites: dict[str, Suite]
     prepares: list[PrepareJob]
     batches: list[Batch]
+    fingerprints: dict[str, str]
+    """Model name -> weights fingerprint (harness.models.model_fingerprint)."""
 
     @property
     def num_units(self) -> int:
@@ -49,15 +51,13 @@ def plan(config: RunConfig) -> Plan:
         from harness.evaluation import preflight
 
         preflight(config.metrics)  # bad metric config or missing weights: exit 2 before any work
-    prepares, batches = expand_grid(
-        config, methods, suites,
-        families={m: s.family for m, s in specs.items()},
-        fingerprints={m: model_fingerprint(s) for m, s in specs.items()},
-    )
-    return Plan(config, methods, suites, prepares, batches)
+    fingerprints = {m: model_fingerprint(s) for m, s in specs.items()}
+    prepares, batches = expand_grid(config, methods, suites, families={m: s.family for m, s in specs.items()},
+                                    fingerprints=fingerprints)
+    return Plan(config, methods, suites, prepares, batches, fingerprints)
 
 
-def identity_config(config: RunConfig) -> dict[str, Any]:
+def identity_config(config: RunConfig, fingerprints: dict[str, str]) -> dict[str, Any]:
     """What defines a run's results. Metrics settings are saved with the metric tables instead.
 
     The models' fingerprints are part of it: unit keys name models, not weights, so without them a re-run
@@ -66,7 +66,7 @@ def identity_config(config: RunConfig) -> dict[str, Any]:
     resolved.pop("metrics")
     for key in PLACEMENT_KEYS:
         resolved["executor"].pop(key, None)
-    resolved["model_fingerprints"] = {m: model_fingerprint(resolve_model(m)) for m in config.models}
+    resolved["model_fingerprints"] = dict(fingerprints)
     return resolved
 
 
@@ -86,7 +86,7 @@ def execute(p: Plan, progress: bool = True) -> RunSummary:
 
     config = p.config
     store = RunStore(config.run_dir)
-    store.initialise(identity_config(config), extra={"methods": {m.label: {"name": m.cls.name, "version": m.cls.version}
+    store.initialise(identity_config(config, p.fingerprints), extra={"methods": {m.label: {"name": m.cls.name, "version": m.cls.version}
                                                                   for m in p.methods}})
     with store.lock():
         done = store.done_batches()

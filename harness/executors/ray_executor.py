@@ -106,7 +106,7 @@ class RayExecutor:
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
             if not ready:
                 for ref, (actor, job, deadline) in list(in_flight.items()):
-                    if deadline <= time.monotonic() and ref in in_flight:
+                    if deadline <= time.monotonic():
                         del in_flight[ref]
                         self._replace(actor)
                         self._fail(job, f"timed out after {timeout * len(job.units):.0f}s "
