@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import time
 from typing import Any
 
@@ -85,6 +86,9 @@ def noised_and_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Te
 def add_resume_args(parser: Any) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the EMA weights saved in --out")
     parser.add_argument("--start-step", type=int, default=0, help="data/step offset when resuming (fresh batches)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="after warm-up: constant, or cosine decay to 0 at --max-steps steps into this run "
+                             "(annealing sharpens late-decided detail such as small objects' colours)")
 
 
 def start_training(unet: torch.nn.Module, scheduler: Any, args: Any, device: str) -> tuple[Any, torch.Tensor, Any, LossLog, Any]:
@@ -101,7 +105,12 @@ def start_training(unet: torch.nn.Module, scheduler: Any, args: Any, device: str
 
 
 def rates(args: Any, step: int) -> tuple[float, float]:
-    """(learning rate with linear warm-up, EMA decay) at `step`; a resumed run keeps the full decay."""
-    lr = args.lr * min(1.0, (step - args.start_step + 1) / args.warmup)
+    """(learning rate with linear warm-up and optional cosine decay, EMA decay) at `step`.
+
+    A resumed run keeps the full EMA decay."""
+    done = step - args.start_step
+    lr = args.lr * min(1.0, (done + 1) / args.warmup)
+    if getattr(args, "lr_schedule", "constant") == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, done / args.max_steps)))
     decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
     return lr, decay

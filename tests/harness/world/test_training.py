@@ -228,3 +228,22 @@ def test_training_target_is_what_the_harness_sampler_converts_back_to_noise(pred
 
     backbone = SimpleNamespace(unet=Oracle(), scheduler=scheduler, dtype=torch.float32, compiled_unet=None)
     torch.testing.assert_close(predict_eps(backbone, x_t, t, None), noise, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_schedule_matches_closed_form(schedule):
+    from types import SimpleNamespace
+
+    from harness.world._training import rates
+
+    args = SimpleNamespace(lr=1e-3, warmup=10, start_step=500, max_steps=1000, lr_schedule=schedule,
+                           ema=0.998, resume=True)
+    for done in (0, 4, 9, 10, 250, 500, 999, 1000):
+        warm = min(1.0, (done + 1) / 10)
+        decay = 0.5 * (1 + math.cos(math.pi * done / 1000)) if schedule == "cosine" else 1.0
+        lr, ema = rates(args, 500 + done)
+        assert lr == pytest.approx(1e-3 * warm * decay, abs=1e-15)
+        assert ema == 0.998
+    if schedule == "cosine":
+        assert rates(args, 1500)[0] == pytest.approx(0.0, abs=1e-15)
+        assert rates(args, 1000)[0] == pytest.approx(0.5e-3)
