@@ -31,6 +31,9 @@ from harness.world.render import split_combinations
 
 ZERO_SHOT_BAR = 0.95
 FID_RATIO_BAR = 0.2
+VALID_BAR = 0.90  # unconditional samples the oracle reads as one clean object
+TV_BAR = 0.1  # per factor, valid samples vs the training marginals
+PROMPTED_BAR = 0.85  # text samples showing the prompted shape / colour
 
 
 # ----------------------------------------------------------------------------- helpers (tested)
@@ -172,6 +175,10 @@ def _fmt(d: Mapping[str, float]) -> str:
     return " ".join(f"{k} {v:.3f}" for k, v in d.items())
 
 
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clip", type=Path, default=Path("checkpoints/world-clip"))
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["clip_zero_shot"] = acc
         ok = min(acc["shape"], acc["fg"]) >= ZERO_SHOT_BAR
         print(f"CLIP zero-shot on {args.n_clip} held-out renders: {_fmt(acc)}  "
-              f"[shape & fg >= {ZERO_SHOT_BAR}: {'PASS' if ok else 'FAIL'}]")
+              f"[shape & fg >= {ZERO_SHOT_BAR}: {_verdict(ok)}]")
     else:
         print(f"CLIP: no checkpoint at {args.clip}")
 
@@ -222,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tv = factor_tv(readings)
         results["uncond"] = {"n": args.n_uncond, "valid": valid, "tv": tv}
         print(f"DDPM {args.ddpm}: {args.n_uncond} samples ({args.steps} DDIM steps, {time.time() - t0:.0f}s): "
-              f"oracle-valid {valid:.3f}; TV to train marginals: {_fmt(tv)}")
+              f"oracle-valid {valid:.3f} [>= {VALID_BAR}: {_verdict(valid >= VALID_BAR)}]; TV to train marginals: "
+              f"{_fmt(tv)} [each <= {TV_BAR}: {_verdict(max(tv.values()) <= TV_BAR)}]")
     else:
         print(f"DDPM: no checkpoint at {args.ddpm}")
 
@@ -236,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "rates": rates}
         print(f"text2img {args.text2img}: {args.n_text} {args.prompt_split} captions, CFG {args.guidance}, "
               f"{args.steps} DDIM steps ({time.time() - t0:.0f}s): prompted-shape {rates['shape']:.3f} "
-              f"prompted-colour {rates['fg']:.3f}; all: {_fmt(rates)}")
+              f"prompted-colour {rates['fg']:.3f} [both >= {PROMPTED_BAR}: "
+              f"{_verdict(min(rates['shape'], rates['fg']) >= PROMPTED_BAR)}]; all: {_fmt(rates)}")
     else:
         print(f"text2img: no checkpoint at {args.text2img}")
 
@@ -254,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fid[f"{name}_ratio"] = ratio
             print(f"FID (world-CLIP features, vs {args.n_ref} held-out renders): {name} {fid[name]:.4f}, "
                   f"pixel-shuffled held-out (n={n}) {fid[f'shuffled_n{n}']:.4f}, ratio {ratio:.3f}  "
-                  f"[< {FID_RATIO_BAR}: {'PASS' if ratio < FID_RATIO_BAR else 'FAIL'}]")
+                  f"[< {FID_RATIO_BAR}: {_verdict(ratio < FID_RATIO_BAR)}]")
         results["fid"] = fid
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
