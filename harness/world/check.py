@@ -2,10 +2,10 @@
 
     python -m harness.world.check [--clip checkpoints/world-clip] [--ddpm checkpoints/world-ddpm]
                                   [--text2img checkpoints/world-text2img] [--n-uncond 512] [--n-text 512]
-                                  [--guidance 5] [--steps 50] [--json out.json] [--threads N]
+                                  [--guidance 5] [--steps 50] [--eta 0] [--json out.json] [--threads N]
 
 1. CLIP (train_clip.py): zero-shot accuracy per factor on held-out renders (bar: shape and fg >= 0.95).
-2. Unconditional DDPM (train_ddpm.py; a DDPMPipeline directory, unet/ + scheduler/): DDIM samples (eta 0),
+2. Unconditional DDPM (train_ddpm.py; a DDPMPipeline directory, unet/ + scheduler/): DDIM samples (--eta),
    the oracle's validity rate, and per factor the total-variation distance between the oracle's readings of
    the valid samples and the training split's marginal (uniform over the train combinations).
 3. Text-to-image (train_text2img.py): DDIM samples with classifier-free guidance from captions of held-out
@@ -105,7 +105,8 @@ def _to_uint8(x) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def sample_unconditional(directory: Path, n: int, steps: int, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+def sample_unconditional(directory: Path, n: int, steps: int, seed: int = 0, batch_size: int = 64,
+                         eta: float = 0.0) -> np.ndarray:
     import torch
     from diffusers import UNet2DModel
 
@@ -119,13 +120,13 @@ def sample_unconditional(directory: Path, n: int, steps: int, seed: int = 0, bat
         for i in range(0, n, batch_size):
             x = torch.randn((min(batch_size, n - i), 3, size, size), generator=g)
             for t in sched.timesteps:
-                x = sched.step(unet(x, t).sample, t, x).prev_sample
+                x = sched.step(unet(x, t).sample, t, x, eta=eta, generator=g).prev_sample
             out.append(_to_uint8(x))
     return np.concatenate(out)
 
 
 def sample_text(directory: Path, prompts: Sequence[str], guidance: float, steps: int, seed: int = 0,
-                batch_size: int = 32) -> np.ndarray:
+                batch_size: int = 32, eta: float = 0.0) -> np.ndarray:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -139,7 +140,7 @@ def sample_text(directory: Path, prompts: Sequence[str], guidance: float, steps:
     out = []
     for i in range(0, len(prompts), batch_size):
         cond = encode_prompts(text_encoder, tokenizer, prompts[i:i + batch_size])
-        out.append(sample(unet, sched, cond, uncond, guidance, steps, seed=seed + i).numpy())
+        out.append(sample(unet, sched, cond, uncond, guidance, steps, seed=seed + i, eta=eta).numpy())
     return np.concatenate(out)
 
 
@@ -192,7 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-text", type=int, default=512, help="text-conditional samples (one prompt each)")
     p.add_argument("--prompt-split", choices=("heldout", "train"), default="heldout")
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (eta 0)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM eta for both diffusion models: 0 deterministic, 1 ancestral (DDPM-like) sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -223,12 +226,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     samples_uncond = None
     if (args.ddpm / "unet").is_dir():
         t0 = time.time()
-        samples_uncond = sample_unconditional(args.ddpm, args.n_uncond, args.steps, args.seed)
+        samples_uncond = sample_unconditional(args.ddpm, args.n_uncond, args.steps, args.seed, eta=args.eta)
         readings = [read_scene(im) for im in samples_uncond]
         valid = float(np.mean([r.valid for r in readings]))
         tv = factor_tv(readings)
-        results["uncond"] = {"n": args.n_uncond, "valid": valid, "tv": tv}
-        print(f"DDPM {args.ddpm}: {args.n_uncond} samples ({args.steps} DDIM steps, {time.time() - t0:.0f}s): "
+        results["uncond"] = {"n": args.n_uncond, "steps": args.steps, "eta": args.eta, "valid": valid, "tv": tv}
+        print(f"DDPM {args.ddpm}: {args.n_uncond} samples ({args.steps} DDIM steps, eta {args.eta:g}, "
+              f"{time.time() - t0:.0f}s): "
               f"oracle-valid {valid:.3f} [>= {VALID_BAR}: {_verdict(valid >= VALID_BAR)}]; TV to train marginals: "
               f"{_fmt(tv)} [each <= {TV_BAR}: {_verdict(max(tv.values()) <= TV_BAR)}]")
     else:
@@ -238,12 +242,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (args.text2img / "unet").is_dir():
         t0 = time.time()
         scenes = sample_scenes(args.n_text, seed=args.seed + 4242, split=args.prompt_split)
-        samples_text = sample_text(args.text2img, [caption(s) for s in scenes], args.guidance, args.steps, args.seed)
+        samples_text = sample_text(args.text2img, [caption(s) for s in scenes], args.guidance, args.steps, args.seed,
+                                   eta=args.eta)
         rates = prompted_rates(scenes, samples_text)
-        results["text"] = {"n": args.n_text, "prompt_split": args.prompt_split, "guidance": args.guidance,
+        results["text"] = {"n": args.n_text, "steps": args.steps, "eta": args.eta,
+                           "prompt_split": args.prompt_split, "guidance": args.guidance,
                            "rates": rates}
         print(f"text2img {args.text2img}: {args.n_text} {args.prompt_split} captions, CFG {args.guidance}, "
-              f"{args.steps} DDIM steps ({time.time() - t0:.0f}s): prompted-shape {rates['shape']:.3f} "
+              f"{args.steps} DDIM steps, eta {args.eta:g} ({time.time() - t0:.0f}s): prompted-shape {rates['shape']:.3f} "
               f"prompted-colour {rates['fg']:.3f} [both >= {PROMPTED_BAR}: "
               f"{_verdict(min(rates['shape'], rates['fg']) >= PROMPTED_BAR)}]; all: {_fmt(rates)}")
     else:

@@ -138,16 +138,17 @@ def save(out: Path, unet, scheduler, text_encoder, tokenizer) -> None:
 
 @torch.no_grad()
 def sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, guidance: float, steps: int,
-           seed: int = 0) -> torch.Tensor:
-    """DDIM (eta 0) with classifier-free guidance; uint8 (B, R, R, 3) images."""
+           seed: int = 0, eta: float = 0.0) -> torch.Tensor:
+    """DDIM with classifier-free guidance; uint8 (B, R, R, 3) images."""
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps)
     n, size = cond.shape[0], unet.config.sample_size
-    x = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 3, size, size), generator=g)
     context = torch.cat([uncond.expand(n, -1, -1), cond])
     for t in sched.timesteps:
         eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample.chunk(2)
-        x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+        x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x, eta=eta, generator=g).prev_sample
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 

@@ -247,3 +247,22 @@ def test_learning_rate_schedule_matches_closed_form(schedule):
     if schedule == "cosine":
         assert rates(args, 1500)[0] == pytest.approx(0.0, abs=1e-15)
         assert rates(args, 1000)[0] == pytest.approx(0.5e-3)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_unconditional_sampler_matches_diffusers_ddim_pipeline(tmp_path, eta):
+    from diffusers import DDIMPipeline, UNet2DModel
+
+    from harness.world.train_ddpm import build_scheduler, build_unet, save
+
+    torch.manual_seed(0)
+    save(tmp_path / "ddpm", build_unet(32), build_scheduler("v_prediction"))
+    ours = check.sample_unconditional(tmp_path / "ddpm", 3, 4, seed=7, eta=eta)
+    unet = UNet2DModel.from_pretrained(tmp_path / "ddpm", subfolder="unet").eval()
+    pipe = DDIMPipeline(unet=unet, scheduler=check._ddim(tmp_path / "ddpm"))
+    ref = pipe(batch_size=3, generator=torch.Generator().manual_seed(7), eta=eta, num_inference_steps=4,
+               output_type="np").images
+    assert ours.shape == ref.shape == (3, 32, 32, 3)
+    assert np.abs(ours / 255.0 - ref).max() <= 1 / 255 + 1e-6
+    if eta:
+        assert not np.array_equal(ours, check.sample_unconditional(tmp_path / "ddpm", 3, 4, seed=7, eta=0.0))
