@@ -65,8 +65,8 @@ WORLD_DDPM = Path(__file__).resolve().parents[2] / "checkpoints" / "world-ddpm"
 @pytest.mark.skipif(not (WORLD_DDPM / "model_index.json").is_file(), reason="embedded world DDPM checkpoint absent")
 def test_inversion_round_trip_on_the_trained_world_model() -> None:
     """Measured on the committed world DDPM (relative L2 error of x_0 after invert + regenerate, scene0):
-    0.168 at 10 steps and 0.052 at 50 steps with the v-prediction checkpoint (29,571 steps); the earlier
-    epsilon checkpoint gave 0.359 / 0.373: how well DDIM inversion works depends on how smooth the model's
+    0.144 at 10 steps and 0.046 at 50 steps with the v-prediction checkpoint (51,571 steps; 0.168 / 0.052
+    at 29,571); the earlier epsilon checkpoint gave 0.359 / 0.373: how well DDIM inversion works depends on how smooth the model's
     ODE is. The bound is the measured value plus margin; random-weight tiny models give > 1."""
     backbone = load_backbone(str(WORLD_DDPM), "cpu")
     image, _ = load_image(WORLD_REAL / "scene0.png", backbone.resolution)
