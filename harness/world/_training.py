@@ -110,7 +110,7 @@ def rates(args: Any, step: int) -> tuple[float, float]:
     A resumed run keeps the full EMA decay."""
     done = step - args.start_step
     lr = args.lr * min(1.0, (done + 1) / args.warmup)
-    if getattr(args, "lr_schedule", "constant") == "cosine":
+    if args.lr_schedule == "cosine":
         lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, done / args.max_steps)))
     decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
     return lr, decay
