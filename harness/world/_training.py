@@ -58,6 +58,8 @@ def apply_run_args(args: Any) -> None:
 
 
 PREDICTIONS = ("epsilon", "v_prediction")
+# DDIM with steps_offset 1 over 1000 training steps indexes timestep n at n = 1000 steps: 999 is the most.
+MAX_SAMPLING_STEPS = 999
 
 
 def build_scheduler(prediction_type: str = "epsilon") -> Any:

@@ -2,10 +2,12 @@
 
     python -m harness.world.check [--clip checkpoints/world-clip] [--ddpm checkpoints/world-ddpm]
                                   [--text2img checkpoints/world-text2img] [--n-uncond 512] [--n-text 512]
-                                  [--guidance 5] [--steps 50] [--eta 0] [--json out.json] [--threads N]
+                                  [--guidance 5] [--ddpm-steps 500] [--ddpm-eta 1] [--text-steps 50]
+                                  [--text-eta 0] [--json out.json] [--threads N]
 
 1. CLIP (train_clip.py): zero-shot accuracy per factor on held-out renders (bar: shape and fg >= 0.95).
-2. Unconditional DDPM (train_ddpm.py; a DDPMPipeline directory, unet/ + scheduler/): DDIM samples (--eta),
+2. Unconditional DDPM (train_ddpm.py; a DDPMPipeline directory, unet/ + scheduler/): DDIM samples
+   (by default ancestral, eta 1, with 500 steps: train_ddpm.SAMPLE_STEPS / SAMPLE_ETA),
    the oracle's validity rate, and per factor the total-variation distance between the oracle's readings of
    the valid samples and the training split's marginal (uniform over the train combinations).
 3. Text-to-image (train_text2img.py): DDIM samples with classifier-free guidance from captions of held-out
@@ -28,6 +30,8 @@ import numpy as np
 
 from harness.world import FACTOR_NAMES, FACTOR_VALUES, caption, read_scene, render_batch, sample_scenes
 from harness.world.render import split_combinations
+from harness.world._training import MAX_SAMPLING_STEPS
+from harness.world.train_ddpm import SAMPLE_ETA, SAMPLE_STEPS
 
 ZERO_SHOT_BAR = 0.95
 FID_RATIO_BAR = 0.2
@@ -100,29 +104,14 @@ def _ddim(directory: Path):
     return DDIMScheduler.from_config(sched.config, clip_sample=False)
 
 
-def _to_uint8(x) -> np.ndarray:
-    """[-1, 1] (B, 3, R, R) tensor -> uint8 (B, R, R, 3)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
 def sample_unconditional(directory: Path, n: int, steps: int, seed: int = 0, batch_size: int = 64,
-                         eta: float = 0.0) -> np.ndarray:
-    import torch
+                         eta: float = 0.0, progress: bool = False) -> np.ndarray:
     from diffusers import UNet2DModel
 
+    from harness.world.train_ddpm import sample
+
     unet = UNet2DModel.from_pretrained(directory, subfolder="unet", local_files_only=True).eval()
-    sched = _ddim(directory)
-    sched.set_timesteps(steps)
-    size = unet.config.sample_size
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        for i in range(0, n, batch_size):
-            x = torch.randn((min(batch_size, n - i), 3, size, size), generator=g)
-            for t in sched.timesteps:
-                x = sched.step(unet(x, t).sample, t, x, eta=eta, generator=g).prev_sample
-            out.append(_to_uint8(x))
-    return np.concatenate(out)
+    return sample(unet, _ddim(directory), n, steps, eta, seed, batch_size, progress)
 
 
 def sample_text(directory: Path, prompts: Sequence[str], guidance: float, steps: int, seed: int = 0,
@@ -193,13 +182,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-text", type=int, default=512, help="text-conditional samples (one prompt each)")
     p.add_argument("--prompt-split", choices=("heldout", "train"), default="heldout")
     p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--eta", type=float, default=0.0,
-                   help="DDIM eta for both diffusion models: 0 deterministic, 1 ancestral (DDPM-like) sampling")
+    # Each model's sampler (DDIM; eta 0 deterministic, 1 ancestral): the DDPM's default is the one its
+    # training script uses for samples.png, the text model's the harness' default (50 steps, eta 0).
+    p.add_argument("--ddpm-steps", type=int, default=SAMPLE_STEPS, help="DDIM steps, unconditional DDPM")
+    p.add_argument("--ddpm-eta", type=float, default=SAMPLE_ETA, help="DDIM eta, unconditional DDPM")
+    p.add_argument("--text-steps", type=int, default=50, help="DDIM steps, text-to-image model")
+    p.add_argument("--text-eta", type=float, default=0.0, help="DDIM eta, text-to-image model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    for flag in ("ddpm_steps", "text_steps"):
+        if not 1 <= getattr(args, flag) <= MAX_SAMPLING_STEPS:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: DDIM steps must be 1..{MAX_SAMPLING_STEPS} "
+                    f"(the models' 1000 training timesteps with steps_offset 1); pass fewer steps")
     import torch
 
     if args.threads:
@@ -226,12 +222,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     samples_uncond = None
     if (args.ddpm / "unet").is_dir():
         t0 = time.time()
-        samples_uncond = sample_unconditional(args.ddpm, args.n_uncond, args.steps, args.seed, eta=args.eta)
+        samples_uncond = sample_unconditional(args.ddpm, args.n_uncond, args.ddpm_steps, args.seed,
+                                              eta=args.ddpm_eta, progress=True)
         readings = [read_scene(im) for im in samples_uncond]
         valid = float(np.mean([r.valid for r in readings]))
         tv = factor_tv(readings)
-        results["uncond"] = {"n": args.n_uncond, "steps": args.steps, "eta": args.eta, "valid": valid, "tv": tv}
-        print(f"DDPM {args.ddpm}: {args.n_uncond} samples ({args.steps} DDIM steps, eta {args.eta:g}, "
+        results["uncond"] = {"n": args.n_uncond, "steps": args.ddpm_steps, "eta": args.ddpm_eta, "valid": valid,
+                             "tv": tv}
+        print(f"DDPM {args.ddpm}: {args.n_uncond} samples ({args.ddpm_steps} DDIM steps, eta {args.ddpm_eta:g}, "
               f"{time.time() - t0:.0f}s): "
               f"oracle-valid {valid:.3f} [>= {VALID_BAR}: {_verdict(valid >= VALID_BAR)}]; TV to train marginals: "
               f"{_fmt(tv)} [each <= {TV_BAR}: {_verdict(max(tv.values()) <= TV_BAR)}]")
@@ -242,14 +240,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if (args.text2img / "unet").is_dir():
         t0 = time.time()
         scenes = sample_scenes(args.n_text, seed=args.seed + 4242, split=args.prompt_split)
-        samples_text = sample_text(args.text2img, [caption(s) for s in scenes], args.guidance, args.steps, args.seed,
-                                   eta=args.eta)
+        samples_text = sample_text(args.text2img, [caption(s) for s in scenes], args.guidance, args.text_steps,
+                                   args.seed, eta=args.text_eta)
         rates = prompted_rates(scenes, samples_text)
-        results["text"] = {"n": args.n_text, "steps": args.steps, "eta": args.eta,
+        results["text"] = {"n": args.n_text, "steps": args.text_steps, "eta": args.text_eta,
                            "prompt_split": args.prompt_split, "guidance": args.guidance,
                            "rates": rates}
         print(f"text2img {args.text2img}: {args.n_text} {args.prompt_split} captions, CFG {args.guidance}, "
-              f"{args.steps} DDIM steps, eta {args.eta:g} ({time.time() - t0:.0f}s): prompted-shape {rates['shape']:.3f} "
+              f"{args.text_steps} DDIM steps, eta {args.text_eta:g} ({time.time() - t0:.0f}s): prompted-shape {rates['shape']:.3f} "
               f"prompted-colour {rates['fg']:.3f} [both >= {PROMPTED_BAR}: "
               f"{_verdict(min(rates['shape'], rates['fg']) >= PROMPTED_BAR)}]; all: {_fmt(rates)}")
     else:

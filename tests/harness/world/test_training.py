@@ -14,6 +14,7 @@ from harness.world import FACTOR_NAMES, FACTOR_VALUES, OracleResult, render_batc
 from harness.world import check  # noqa: E402
 from harness.world.render import split_combinations  # noqa: E402
 from harness.world.train_clip import counterfactual_batch, make_captions, match_matrix, scene_attrs  # noqa: E402
+from harness.world.train_ddpm import SAMPLE_ETA  # noqa: E402
 
 TINY_CLIP = ["--vision-width", "32", "--vision-layers", "1", "--vision-heads", "1", "--text-width", "32",
              "--text-layers", "1", "--projection-dim", "16", "--batch-size", "16", "--eval-samples", "24",
@@ -119,6 +120,28 @@ def test_text2img_checkpoint_reloads_identically(text2img_run, clip_run):
     assert size < 15e6
 
 
+@pytest.mark.parametrize("flag,value", [("--ddpm-steps", "1000"), ("--text-steps", "0")])
+def test_check_rejects_step_counts_the_scheduler_cannot_index(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        check.main([flag, value])
+    assert exc.value.code == 2
+    assert f"{flag} {value}" in capsys.readouterr().err
+
+
+def test_max_sampling_steps_is_the_schedulers_bound():
+    from diffusers import UNet2DModel
+
+    from harness.world._training import MAX_SAMPLING_STEPS, build_scheduler
+    from harness.world.train_ddpm import sample
+
+    torch.manual_seed(0)
+    tiny = UNet2DModel(sample_size=8, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    assert sample(tiny, build_scheduler(), 1, MAX_SAMPLING_STEPS).shape == (1, 8, 8, 3)
+    with pytest.raises(IndexError):
+        sample(tiny, build_scheduler(), 1, MAX_SAMPLING_STEPS + 1)
+
+
 def test_check_end_to_end_on_tiny_checkpoints(tmp_path, clip_run, text2img_run):
     from harness.world.train_ddpm import build_scheduler, build_unet, save
 
@@ -126,9 +149,11 @@ def test_check_end_to_end_on_tiny_checkpoints(tmp_path, clip_run, text2img_run):
     save(tmp_path / "ddpm", build_unet(32), build_scheduler())
     res = check.main(["--clip", str(clip_run[0]), "--ddpm", str(tmp_path / "ddpm"), "--text2img",
                       str(text2img_run[0]), "--n-clip", "20", "--n-ref", "40", "--n-uncond", "6",
-                      "--n-text", "4", "--steps", "2", "--json", str(tmp_path / "r.json")])
+                      "--n-text", "4", "--ddpm-steps", "2", "--text-steps", "2", "--json", str(tmp_path / "r.json")])
     assert set(res) == {"clip_zero_shot", "uncond", "text", "fid"}
     assert set(res["uncond"]["tv"]) == set(FACTOR_NAMES)
+    assert (res["uncond"]["steps"], res["uncond"]["eta"]) == (2, SAMPLE_ETA)
+    assert (res["text"]["steps"], res["text"]["eta"]) == (2, 0.0)
     assert all(math.isfinite(v) for v in res["fid"].values())
     assert json.loads((tmp_path / "r.json").read_text()) == res
 
