@@ -115,8 +115,9 @@ def sample_unconditional(directory: Path, n: int, steps: int, seed: int = 0, bat
 
 
 def sample_text(directory: Path, prompts: Sequence[str], guidance: float, steps: int, seed: int = 0,
-                batch_size: int = 32, eta: float = 0.0) -> np.ndarray:
+                batch_size: int = 32, eta: float = 0.0, progress: bool = False) -> np.ndarray:
     from diffusers import UNet2DConditionModel
+    from tqdm import tqdm
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from harness.world.train_text2img import encode_prompts, sample
@@ -127,9 +128,11 @@ def sample_text(directory: Path, prompts: Sequence[str], guidance: float, steps:
     sched = _ddim(directory)
     uncond = encode_prompts(text_encoder, tokenizer, [""])
     out = []
-    for i in range(0, len(prompts), batch_size):
-        cond = encode_prompts(text_encoder, tokenizer, prompts[i:i + batch_size])
-        out.append(sample(unet, sched, cond, uncond, guidance, steps, seed=seed + i, eta=eta).numpy())
+    with tqdm(total=len(prompts), desc="text2img samples", unit="img", disable=not progress) as bar:
+        for i in range(0, len(prompts), batch_size):
+            cond = encode_prompts(text_encoder, tokenizer, prompts[i:i + batch_size])
+            out.append(sample(unet, sched, cond, uncond, guidance, steps, seed=seed + i, eta=eta).numpy())
+            bar.update(len(cond))
     return np.concatenate(out)
 
 
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.time()
         scenes = sample_scenes(args.n_text, seed=args.seed + 4242, split=args.prompt_split)
         samples_text = sample_text(args.text2img, [caption(s) for s in scenes], args.guidance, args.text_steps,
-                                   args.seed, eta=args.text_eta)
+                                   args.seed, eta=args.text_eta, progress=True)
         rates = prompted_rates(scenes, samples_text)
         results["text"] = {"n": args.n_text, "steps": args.text_steps, "eta": args.text_eta,
                            "prompt_split": args.prompt_split, "guidance": args.guidance,
