@@ -20,7 +20,7 @@ import yaml
 
 from harness.config import CONFIG_DIR, REPO_ROOT
 from harness.errors import ConfigError, MissingWeightsError
-from harness.hashing import stable_hash
+from harness.hashing import file_sha256, stable_hash
 from harness.schema import from_dict
 
 MODELS_FILE = CONFIG_DIR / "models.yaml"
@@ -262,16 +262,23 @@ def _load_pretrained(spec: ModelSpec) -> dict[str, Any]:
     return parts
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
 def model_fingerprint(spec: ModelSpec) -> str:
-    """Identifies the weights without loading them: factory name, or the local configs of a checkpoint."""
+    """Identifies the weights without loading them: factory name, or a checkpoint's configs and the
+    sha256 of its weight files (retrained weights keep their configs; hashes are cached per path,
+    size and mtime, so a process hashes each file once)."""
     if spec.factory:
         return stable_hash("factory", spec.family, spec.factory)
     try:
         directory = _local_dir(spec)
     except MissingWeightsError:
         return stable_hash("missing", spec.pretrained)
-    configs = sorted(directory.glob("**/*.json"))
-    return stable_hash("pretrained", spec.family, spec.pretrained, [(str(p.relative_to(directory)), p.read_text()) for p in configs])
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    configs = [(str(p.relative_to(directory)), p.read_text()) for p in files if p.suffix == ".json"]
+    weights = [(str(p.relative_to(directory)), file_sha256(p)) for p in files if p.suffix in WEIGHT_SUFFIXES]
+    return stable_hash("pretrained", spec.family, spec.pretrained, configs, weights)
 
 
 def load_backbone(name: str, device: str | None = None, dtype: Any = None) -> "Backbone":

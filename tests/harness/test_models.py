@@ -29,6 +29,25 @@ def test_local_directory_loads_through_from_pretrained(tmp_path) -> None:
         torch.testing.assert_close(loaded.unet(x, 10).sample, tiny.unet(x, 10).sample, rtol=1e-5, atol=1e-6)
 
 
+def test_fingerprint_follows_the_weights_not_only_the_configs(tmp_path) -> None:
+    from diffusers import DDPMPipeline
+
+    from harness.models import model_fingerprint
+
+    tiny = load_backbone("tiny-unet", "cpu")
+    directory = tmp_path / "ddpm"
+    DDPMPipeline(unet=tiny.unet, scheduler=tiny.scheduler).save_pretrained(directory)
+    spec = resolve_model(str(directory))
+    configs = {p: p.read_bytes() for p in directory.rglob("*.json")}
+    before = model_fingerprint(spec)
+    assert model_fingerprint(spec) == before  # deterministic
+    with torch.no_grad():
+        next(tiny.unet.parameters()).add_(1e-3)  # "retrained": same architecture, other weights
+    DDPMPipeline(unet=tiny.unet, scheduler=tiny.scheduler).save_pretrained(directory)
+    assert {p: p.read_bytes() for p in directory.rglob("*.json")} == configs
+    assert model_fingerprint(spec) != before
+
+
 def test_missing_hub_weights_name_the_model_and_the_remedy() -> None:
     with pytest.raises(MissingWeightsError) as err:
         load_backbone("sd21-base", "cpu")
