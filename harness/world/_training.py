@@ -1,12 +1,14 @@
-"""Pieces the world's training scripts share: the optimiser step with EMA, and loss logging."""
+"""Pieces the world's training scripts share: the optimiser step with EMA, loss logging, sample images."""
 from __future__ import annotations
 
 import copy
 import csv
 import math
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -116,3 +118,20 @@ def rates(args: Any, step: int) -> tuple[float, float]:
         lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, done / args.max_steps)))
     decay = args.ema if args.resume else min(args.ema, (1 + step) / (10 + step))
     return lr, decay
+
+
+def to_uint8_images(x: torch.Tensor) -> np.ndarray:
+    """A [-1, 1] (B, 3, R, R) sample batch -> uint8 (B, R, R, 3)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(images: np.ndarray, path: Path) -> None:
+    """uint8 (n, R, R, 3) images as one square PNG grid, upscaled 2x (nearest)."""
+    from PIL import Image
+
+    n, r = images.shape[0], images.shape[1]
+    side = int(math.ceil(math.sqrt(n)))
+    grid = np.zeros((side * r, side * r, 3), dtype=np.uint8)
+    for i, im in enumerate(images):
+        grid[(i // side) * r:(i // side + 1) * r, (i % side) * r:(i % side + 1) * r] = im
+    Image.fromarray(grid).resize((side * r * 2, side * r * 2), Image.NEAREST).save(path)

@@ -131,7 +131,7 @@ def sample_text(directory: Path, prompts: Sequence[str], guidance: float, steps:
     with tqdm(total=len(prompts), desc="text2img samples", unit="img", disable=not progress) as bar:
         for i in range(0, len(prompts), batch_size):
             cond = encode_prompts(text_encoder, tokenizer, prompts[i:i + batch_size])
-            out.append(sample(unet, sched, cond, uncond, guidance, steps, seed=seed + i, eta=eta).numpy())
+            out.append(sample(unet, sched, cond, uncond, guidance, steps, seed=seed + i, eta=eta))
             bar.update(len(cond))
     return np.concatenate(out)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from harness.world import render_batch, sample_scenes
 from harness.world._training import (
     add_prediction_arg, add_resume_args, add_run_args, apply_run_args, build_scheduler, noised_and_target,
-    optimiser_step, rates, start_training,
+    optimiser_step, rates, save_grid, start_training, to_uint8_images,
 )
 
 
@@ -75,13 +75,11 @@ def sample(unet, scheduler, n: int, steps: int = SAMPLE_STEPS, eta: float = SAMP
             for t in sched.timesteps:
                 x = sched.step(unet(x, t).sample, t, x, eta=eta, generator=g).prev_sample
                 bar.update(x.shape[0])
-            out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            out.append(to_uint8_images(x))
     return np.concatenate(out)
 
 
 def sample_grid(unet, scheduler, n: int, path: Path, seed: int = 0) -> None:
-    from harness.world.train_text2img import save_grid
-
     save_grid(sample(unet.eval(), scheduler, n, seed=seed), path)
 
 

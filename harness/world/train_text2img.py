@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from harness.world import caption, render_batch, sample_scenes
 from harness.world._training import (
     add_prediction_arg, add_resume_args, add_run_args, apply_run_args, build_scheduler, noised_and_target,
-    optimiser_step, rates, start_training,
+    optimiser_step, rates, save_grid, start_training, to_uint8_images,
 )
 
 ATTN_LEVELS = {
@@ -138,7 +138,7 @@ def save(out: Path, unet, scheduler, text_encoder, tokenizer) -> None:
 
 @torch.no_grad()
 def sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, guidance: float, steps: int,
-           seed: int = 0, eta: float = 0.0) -> torch.Tensor:
+           seed: int = 0, eta: float = 0.0) -> np.ndarray:
     """DDIM with classifier-free guidance; uint8 (B, R, R, 3) images."""
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps)
@@ -149,18 +149,7 @@ def sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, guidance: 
     for t in sched.timesteps:
         eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample.chunk(2)
         x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x, eta=eta, generator=g).prev_sample
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def save_grid(images: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    n, r = images.shape[0], images.shape[1]
-    side = int(math.ceil(math.sqrt(n)))
-    grid = np.zeros((side * r, side * r, 3), dtype=np.uint8)
-    for i, im in enumerate(images):
-        grid[(i // side) * r:(i // side + 1) * r, (i % side) * r:(i % side + 1) * r] = im
-    Image.fromarray(grid).resize((side * r * 2, side * r * 2), Image.NEAREST).save(path)
+    return to_uint8_images(x)
 
 
 def sample_grid(unet, scheduler, text_encoder, tokenizer, out: Path, n: int = 16, guidance: float = 5.0,
@@ -168,7 +157,7 @@ def sample_grid(unet, scheduler, text_encoder, tokenizer, out: Path, n: int = 16
     scenes = sample_scenes(n, seed=7, split="heldout")
     prompts = [caption(s) for s in scenes]
     images = sample(unet, scheduler, encode_prompts(text_encoder, tokenizer, prompts),
-                    encode_prompts(text_encoder, tokenizer, [""]), guidance, steps).numpy()
+                    encode_prompts(text_encoder, tokenizer, [""]), guidance, steps)
     save_grid(images, out / "samples.png")
     side = int(math.ceil(math.sqrt(n)))
     (out / "samples.txt").write_text(
