@@ -6,7 +6,7 @@ Two families, as in the papers:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +30,9 @@ class Backbone:
     """Identifies the weights (hash of config and source); part of every cache key."""
     compiled_unet: Any = None
     """torch.compile'd UNet for plain inference (harness.diffusion.compile), or None."""
+    _text_cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = field(
+        default_factory=dict, repr=False, compare=False)
+    """Embeddings of the prompts seen so far, one per distinct prompt (see encode_text)."""
 
     @property
     def device(self) -> torch.device:
@@ -54,6 +57,7 @@ class Backbone:
         return (cfg.in_channels, size, size)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Backbone":
+        self._text_cache.clear()
         for module in (self.unet, self.vae, self.text_encoder):
             if module is not None:
                 module.to(device=device, dtype=dtype) if dtype is not None else module.to(device)
@@ -67,15 +71,25 @@ class Backbone:
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP text embeddings (B, 77, D) as Stable Diffusion uses them (last hidden state, max-length padding)."""
+        """CLIP text embeddings (B, 77, D) as Stable Diffusion uses them (last hidden state, max-length padding).
+
+        Each distinct prompt is encoded once, alone, and cached: a batched encoder call can round a row
+        differently depending on the other rows (1 ulp on AMD EPYC, amplified by CFG), and a unit's image
+        must not depend on its batch-mates' prompts."""
         if self.text_encoder is None:
             raise ValueError(f"model {self.name!r} is unconditional and takes no prompt")
-        tokens = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        )
-        out = self.text_encoder(tokens.input_ids.to(self.device))
-        return out[0].to(self.dtype)
+        device, dtype = self.device, self.dtype
+        rows = []
+        for prompt in prompts:
+            key = (prompt, device, dtype)
+            if key not in self._text_cache:
+                tokens = self.tokenizer(
+                    [prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt",
+                )
+                self._text_cache[key] = self.text_encoder(tokens.input_ids.to(device))[0].to(dtype)
+            rows.append(self._text_cache[key])
+        return torch.cat(rows) if rows else torch.empty(0)
 
     def prompt_too_long(self, prompt: str) -> bool:
         if self.tokenizer is None:
