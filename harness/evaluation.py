@@ -38,17 +38,18 @@ def preflight(raw: dict[str, Any]) -> None:
         build_lpips(cfg.lpips, scorer, "cpu")
 
 
-def oracle_targets(store: RunStore) -> dict[str, tuple[str, str]]:
-    """attribute -> (factor, value) from the run's suites, for attributes the world's oracle can check."""
+def oracle_targets(store: RunStore) -> dict[str, tuple[str, str, str]]:
+    """attribute -> (factor, value, world) from the run's suites, for attributes a world's oracle can check."""
     import yaml
 
     from harness.suites import load_suite
 
     targets = {}
     for name in yaml.safe_load(store.config_path.read_text())["suites"]:
-        for attr, spec in load_suite(name).attributes.items():
-            if spec.factor and spec.value:
-                targets[attr] = (spec.factor, spec.value)
+        suite = load_suite(name)
+        for attr, spec in suite.attributes.items():
+            if spec.factor and spec.value and suite.oracle_world:
+                targets[attr] = (spec.factor, spec.value, suite.oracle_world)
     return targets
 
 

@@ -61,12 +61,37 @@ class Suite:
     image_folders: tuple[ImageFolder, ...] = ()
     image_transform: Literal["center-crop", "resize"] = "center-crop"
     """How real images of any size become the model's square input."""
+    world: str | None = None
+    """The procedural world (harness.world.registry) whose exact oracle checks the attributes' factor targets;
+    None means the shapes world where any attribute names a factor (suites written before worlds had names)."""
+
+    @property
+    def oracle_world(self) -> str | None:
+        """The world scoring this suite's factor targets, or None if no attribute has one."""
+        if self.world:
+            return self.world
+        return "shapes" if any(a.factor for a in self.attributes.values()) else None
 
     def validate(self, prefix: str) -> None:
         ids = [it.id for it in self.items]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ConfigError(f"{prefix}.items", sorted(dup)[0], "unique item ids")
+        if self.oracle_world:
+            from harness.world.registry import get_world, world_names
+
+            if self.oracle_world not in world_names():
+                raise ConfigError(f"{prefix}.world", self.oracle_world, world_names(), "name a registered world")
+            world = get_world(self.oracle_world)
+            for name, attr in self.attributes.items():
+                if attr.factor is None:
+                    continue
+                if attr.factor not in world.factor_names:
+                    raise ConfigError(f"{prefix}.attributes.{name}.factor", attr.factor, list(world.factor_names),
+                                      f"a factor of the {world.name} world")
+                if attr.value not in world.factor_values[attr.factor]:
+                    raise ConfigError(f"{prefix}.attributes.{name}.value", attr.value,
+                                      list(world.factor_values[attr.factor]), f"a value of factor {attr.factor}")
         for i, it in enumerate(self.items):
             if it.attribute not in self.attributes:
                 raise ConfigError(f"{prefix}.items[{i}].attribute", it.attribute, sorted(self.attributes),

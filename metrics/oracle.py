@@ -20,17 +20,27 @@ from metrics.provenance import Provenance
 
 PROVENANCE = Provenance("oracle", "harness.world.oracle.read_scene (exact factor reading)", "1", "world-oracle", "",
                         "none (native resolution)")
+FACES_PROVENANCE = Provenance("oracle", "harness.world.faces.oracle.read_face (analysis by synthesis)", "1",
+                              "faces-oracle", "", "none (native resolution)")
 
 
-def oracle_per_image(done: pd.DataFrame, store: ImageStore, targets: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
-    """Per-unit oracle values for units whose attribute has a (factor, value) target."""
-    from harness.world import FACTOR_NAMES, read_scene
+def oracle_per_image(done: pd.DataFrame, store: ImageStore, targets: Mapping[str, tuple[str, ...]]) -> pd.DataFrame:
+    """Per-unit oracle values for units whose attribute has a (factor, value[, world]) target (world: shapes)."""
+    from harness.world.registry import get_world
+
+    worlds = {t[2] if len(t) > 2 else "shapes" for t in targets.values()}
+    if len(worlds) > 1:
+        # one column set per metric: readings of two worlds have different factors and provenance
+        raise ValueError(f"a run's oracle targets span several worlds {sorted(worlds)}; run each world apart")
+    world = get_world(worlds.pop() if worlds else "shapes")
+    FACTOR_NAMES, read_scene = world.factor_names, world.read
+    provenance = FACES_PROVENANCE if world.name == "faces" else PROVENANCE
 
     sub = done[done["attribute"].isin(list(targets))].reset_index(drop=True)
     values: dict[str, list[float]] = {"oracle_valid": [], "oracle_success": [], "oracle_preservation": []}
     values.update({f"oracle_changed:{f}": [] for f in FACTOR_NAMES})
     for row in sub.itertuples():
-        factor, wanted = targets[row.attribute]
+        factor, wanted = targets[row.attribute][:2]
         orig = read_scene(store.load_batch([row.original_path])[0].permute(1, 2, 0).numpy())
         edit = read_scene(store.load_batch([row.edited_path])[0].permute(1, 2, 0).numpy())
         valid = orig.valid and edit.valid
@@ -44,5 +54,5 @@ def oracle_per_image(done: pd.DataFrame, store: ImageStore, targets: Mapping[str
     meta_cols = ["unit_key", "run_id", "method", "method_version", "model", "suite", "item_id", "attribute",
                  "strength", "seed"]
     meta = sub[meta_cols]
-    frames = [meta.assign(metric=m, value=v, **PROVENANCE.columns()) for m, v in values.items()]
+    frames = [meta.assign(metric=m, value=v, **provenance.columns()) for m, v in values.items()]
     return pd.concat(frames, ignore_index=True) if len(sub) else pd.DataFrame(columns=meta_cols + ["metric", "value"])

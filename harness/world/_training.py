@@ -12,6 +12,47 @@ import numpy as np
 import torch
 
 
+def add_world_args(parser: Any) -> None:
+    """--world and --pool, common to the world-model training scripts."""
+    from harness.world.registry import world_names
+
+    parser.add_argument("--world", choices=world_names(), default="shapes", help="which procedural world to learn")
+    parser.add_argument("--pool", type=int, default=0,
+                        help="pre-render this many train-split scenes and draw batches from them (0: render every "
+                             "batch afresh); for worlds whose renderer costs a good part of a training step")
+
+
+def default_out(world: str, kind: str) -> Path:
+    """checkpoints/world-<kind> for the shapes world (its historical name), checkpoints/<world>-<kind> otherwise."""
+    return Path(f"checkpoints/world-{kind}" if world == "shapes" else f"checkpoints/{world}-{kind}")
+
+
+class WorldData:
+    """Training batches of a world's train split: fresh renders, or step-seeded draws from a pre-rendered pool.
+
+    Either way batch `step` is a pure function of (seed, step), so a resumed run draws fresh batches."""
+
+    def __init__(self, world: str, resolution: int, seed: int, pool: int = 0) -> None:
+        from harness.world.registry import get_world
+
+        self.world, self.resolution, self.seed = get_world(world), resolution, seed
+        self.scenes: list[Any] = []
+        self.images: np.ndarray | None = None
+        if pool:
+            self.scenes = self.world.sample(pool, seed + 7_777_777, "train")
+            self.images = self.world.render_batch(self.scenes, resolution)
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, list[Any]]:
+        """(images in [-1, 1], (B, 3, R, R); their scenes)."""
+        if self.images is not None:
+            idx = np.random.default_rng(self.seed * 1_000_003 + step).integers(len(self.images), size=batch_size)
+            images, scenes = self.images[idx], [self.scenes[i] for i in idx]
+        else:
+            scenes = self.world.sample(batch_size, self.seed * 1_000_003 + step, "train")
+            images = self.world.render_batch(scenes, self.resolution)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0, scenes
+
+
 def optimiser_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, lr: float,
                    ema: torch.nn.Module | None = None, ema_decay: float = 0.0, clip: float = 1.0) -> None:
     """Backward, clip, step at learning rate `lr`, then ema ← decay·ema + (1 − decay)·model."""

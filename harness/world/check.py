@@ -1,11 +1,16 @@
 """Figures of the embedded world's models, for whichever checkpoints exist.
 
-    python -m harness.world.check [--clip checkpoints/world-clip] [--ddpm checkpoints/world-ddpm]
+    python -m harness.world.check [--world shapes|faces] [--clip checkpoints/world-clip] [--ddpm checkpoints/world-ddpm]
                                   [--text2img checkpoints/world-text2img] [--n-uncond 512] [--n-text 512]
                                   [--guidance 5] [--ddpm-steps 500] [--ddpm-eta 1] [--text-steps 50]
                                   [--text-eta 0] [--json out.json] [--threads N]
 
-1. CLIP (train_clip.py): zero-shot accuracy per factor on held-out renders (bar: shape and fg >= 0.95).
+Each world sets its bars (harness.world.registry.WorldChecks): shapes holds its CLIP to shape and fg >= 0.95,
+its text model to the prompted shape and fg colour >= 0.85 and samples its DDPM ancestrally (500 steps);
+faces holds every one of its five attributes to 0.95 (CLIP) and 0.9 (text model) and its DDPM to
+deterministic 50-step DDIM, what the editing methods run.
+
+1. CLIP (train_clip.py): zero-shot accuracy per caption group on held-out renders.
 2. Unconditional DDPM (train_ddpm.py; a DDPMPipeline directory, unet/ + scheduler/): DDIM samples
    (by default ancestral, eta 1, with 500 steps: train_ddpm.SAMPLE_STEPS / SAMPLE_ETA),
    the oracle's validity rate, and per factor the total-variation distance between the oracle's readings of
@@ -28,16 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from harness.world import FACTOR_NAMES, FACTOR_VALUES, caption, read_scene, render_batch, sample_scenes
-from harness.world.render import split_combinations
-from harness.world._training import MAX_SAMPLING_STEPS
-from harness.world.train_ddpm import SAMPLE_ETA, SAMPLE_STEPS
-
-ZERO_SHOT_BAR = 0.95
-FID_RATIO_BAR = 0.2
-VALID_BAR = 0.90  # unconditional samples the oracle reads as one clean object
-TV_BAR = 0.1  # per factor, valid samples vs the training marginals
-PROMPTED_BAR = 0.85  # text samples showing the prompted shape / colour
+from harness.world._training import MAX_SAMPLING_STEPS, default_out
+from harness.world.registry import World, get_world, world_names
 
 
 # ----------------------------------------------------------------------------- helpers (tested)
@@ -55,20 +52,22 @@ def empirical_distribution(values: Iterable[str], support: Sequence[str]) -> dic
     return {v: (sum(x == v for x in values) / n if n else 0.0) for v in support}
 
 
-def training_marginals(split: str = "train") -> dict[str, dict[str, float]]:
-    """Exact per-factor marginals of sample_scenes(split): uniform over the split's factor combinations."""
-    combos = split_combinations(split)
-    return {name: empirical_distribution((c[i] for c in combos), FACTOR_VALUES[name])
-            for i, name in enumerate(FACTOR_NAMES)}
+def training_marginals(split: str = "train", world: World | None = None) -> dict[str, dict[str, float]]:
+    """Exact per-factor marginals of the world's sample(split): uniform over the split's factor combinations."""
+    w = world or get_world("shapes")
+    combos = w.split_combinations(split)
+    return {name: empirical_distribution((c[i] for c in combos), w.factor_values[name])
+            for i, name in enumerate(w.factor_names)}
 
 
-def factor_tv(readings: Sequence[Any], reference: Mapping[str, Mapping[str, float]] | None = None
-              ) -> dict[str, float]:
+def factor_tv(readings: Sequence[Any], reference: Mapping[str, Mapping[str, float]] | None = None,
+              world: World | None = None) -> dict[str, float]:
     """Per factor, TV distance between the valid oracle readings' distribution and `reference`."""
-    reference = reference or training_marginals()
-    valid = [r for r in readings if r.valid]
-    return {name: tv_distance(empirical_distribution((getattr(r, name) for r in valid), FACTOR_VALUES[name]),
-                              reference[name]) for name in FACTOR_NAMES}
+    w = world or get_world("shapes")
+    reference = reference or training_marginals(world=w)
+    valid = [r.factors() for r in readings if r.valid]
+    return {name: tv_distance(empirical_distribution((f[name] for f in valid), w.factor_values[name]),
+                              reference[name]) for name in w.factor_names}
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -148,17 +147,18 @@ class WorldClip:
 
         return image_features(self.model, images).double().numpy()
 
-    def zero_shot(self, images: np.ndarray, scenes) -> dict[str, float]:
+    def zero_shot(self, images: np.ndarray, scenes, world: World | None = None) -> dict[str, float]:
         from harness.world.train_clip import zero_shot_accuracy
 
-        return zero_shot_accuracy(self.model, self.tokenizer, images, scenes)
+        return zero_shot_accuracy(self.model, self.tokenizer, images, scenes, world=world)
 
 
-def prompted_rates(scenes, images: np.ndarray) -> dict[str, float]:
+def prompted_rates(scenes, images: np.ndarray, world: World | None = None) -> dict[str, float]:
     """Share of images where the oracle is valid and reads each factor as prompted."""
-    readings = [read_scene(im) for im in images]
-    rates = {name: float(np.mean([r.valid and getattr(r, name) == getattr(s, name)
-                                  for r, s in zip(readings, scenes)])) for name in FACTOR_NAMES}
+    w = world or get_world("shapes")
+    readings = [w.read(im) for im in images]
+    rates = {name: float(np.mean([r.valid and r.factors()[name] == s.factors()[name]
+                                  for r, s in zip(readings, scenes)])) for name in w.factor_names}
     return {"valid": float(np.mean([r.valid for r in readings])), **rates}
 
 
@@ -174,9 +174,11 @@ def _verdict(ok: bool) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clip", type=Path, default=Path("checkpoints/world-clip"))
-    p.add_argument("--ddpm", type=Path, default=Path("checkpoints/world-ddpm"))
-    p.add_argument("--text2img", type=Path, default=Path("checkpoints/world-text2img"))
+    p.add_argument("--world", choices=world_names(), default="shapes", help="which world's models to check")
+    p.add_argument("--clip", type=Path, default=None, help="default: the world's checkpoint (checkpoints/"
+                   "world-clip for shapes, checkpoints/<world>-clip otherwise); likewise --ddpm and --text2img")
+    p.add_argument("--ddpm", type=Path, default=None)
+    p.add_argument("--text2img", type=Path, default=None)
     p.add_argument("--n-clip", type=int, default=1000, help="held-out renders for the zero-shot eval")
     p.add_argument("--n-ref", type=int, default=1000, help="held-out renders as the FID reference")
     # 512: with 8-valued colour factors, TV from sampling noise alone is ~0.1 at n = 128 (the bar), ~0.05
@@ -185,16 +187,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-text", type=int, default=512, help="text-conditional samples (one prompt each)")
     p.add_argument("--prompt-split", choices=("heldout", "train"), default="heldout")
     p.add_argument("--guidance", type=float, default=5.0)
-    # Each model's sampler (DDIM; eta 0 deterministic, 1 ancestral): the DDPM's default is the one its
-    # training script uses for samples.png, the text model's the harness' default (50 steps, eta 0).
-    p.add_argument("--ddpm-steps", type=int, default=SAMPLE_STEPS, help="DDIM steps, unconditional DDPM")
-    p.add_argument("--ddpm-eta", type=float, default=SAMPLE_ETA, help="DDIM eta, unconditional DDPM")
+    # Each model's sampler (DDIM; eta 0 deterministic, 1 ancestral): the DDPM's default is its world's (shapes:
+    # the ancestral sampler of its samples.png; faces: deterministic 50 steps, what the editing methods run),
+    # the text model's the harness' default (50 steps, eta 0).
+    p.add_argument("--ddpm-steps", type=int, default=None, help="DDIM steps, unconditional DDPM (world default)")
+    p.add_argument("--ddpm-eta", type=float, default=None, help="DDIM eta, unconditional DDPM (world default)")
     p.add_argument("--text-steps", type=int, default=50, help="DDIM steps, text-to-image model")
     p.add_argument("--text-eta", type=float, default=0.0, help="DDIM eta, text-to-image model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    world = get_world(args.world)
+    bars = world.checks
+    args.clip = args.clip or default_out(world.name, "clip")
+    args.ddpm = args.ddpm or default_out(world.name, "ddpm")
+    args.text2img = args.text2img or default_out(world.name, "text2img")
+    args.ddpm_steps = bars.ddpm_steps if args.ddpm_steps is None else args.ddpm_steps
+    args.ddpm_eta = bars.ddpm_eta if args.ddpm_eta is None else args.ddpm_eta
     for flag in ("ddpm_steps", "text_steps"):
         if not 1 <= getattr(args, flag) <= MAX_SAMPLING_STEPS:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: DDIM steps must be 1..{MAX_SAMPLING_STEPS} "
@@ -203,56 +213,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    results: dict[str, Any] = {}
+    res = world.resolution
+    results: dict[str, Any] = {"world": world.name}
     clip = None
+    print(f"world {world.name!r}: {world.description}")
 
     if (args.clip / "config.json").is_file():
         clip = WorldClip(args.clip)
-        scenes = sample_scenes(args.n_clip, seed=12345, split="heldout")
-        acc = clip.zero_shot(render_batch(scenes, 32), scenes)
+        scenes = world.sample(args.n_clip, 12345, "heldout")
+        acc = clip.zero_shot(world.render_batch(scenes, res), scenes, world)
         results["clip_zero_shot"] = acc
-        ok = min(acc["shape"], acc["fg"]) >= ZERO_SHOT_BAR
+        groups = bars.zero_shot_groups or tuple(acc)
+        ok = min(acc[g] for g in groups) >= bars.zero_shot_bar
         print(f"CLIP zero-shot on {args.n_clip} held-out renders: {_fmt(acc)}  "
-              f"[shape & fg >= {ZERO_SHOT_BAR}: {_verdict(ok)}]")
+              f"[{', '.join(groups)} >= {bars.zero_shot_bar}: {_verdict(ok)}]")
     else:
         print(f"CLIP: no checkpoint at {args.clip}")
 
     ref_feats = None
     if clip is not None:
-        ref_scenes = sample_scenes(args.n_ref, seed=args.seed + 999, split="heldout")
-        ref_feats = clip.features(render_batch(ref_scenes, 32))
+        ref_feats = clip.features(world.render_batch(world.sample(args.n_ref, args.seed + 999, "heldout"), res))
 
     samples_uncond = None
     if (args.ddpm / "unet").is_dir():
         t0 = time.time()
         samples_uncond = sample_unconditional(args.ddpm, args.n_uncond, args.ddpm_steps, args.seed,
                                               eta=args.ddpm_eta, progress=True)
-        readings = [read_scene(im) for im in samples_uncond]
+        readings = [world.read(im) for im in samples_uncond]
         valid = float(np.mean([r.valid for r in readings]))
-        tv = factor_tv(readings)
+        tv = factor_tv(readings, world=world)
         results["uncond"] = {"n": args.n_uncond, "steps": args.ddpm_steps, "eta": args.ddpm_eta, "valid": valid,
                              "tv": tv}
         print(f"DDPM {args.ddpm}: {args.n_uncond} samples ({args.ddpm_steps} DDIM steps, eta {args.ddpm_eta:g}, "
               f"{time.time() - t0:.0f}s): "
-              f"oracle-valid {valid:.3f} [>= {VALID_BAR}: {_verdict(valid >= VALID_BAR)}]; TV to train marginals: "
-              f"{_fmt(tv)} [each <= {TV_BAR}: {_verdict(max(tv.values()) <= TV_BAR)}]")
+              f"oracle-valid {valid:.3f} [>= {bars.valid_bar}: {_verdict(valid >= bars.valid_bar)}]; TV to train "
+              f"marginals: {_fmt(tv)} [each <= {bars.tv_bar}: {_verdict(max(tv.values()) <= bars.tv_bar)}]")
     else:
         print(f"DDPM: no checkpoint at {args.ddpm}")
 
     samples_text = None
     if (args.text2img / "unet").is_dir():
         t0 = time.time()
-        scenes = sample_scenes(args.n_text, seed=args.seed + 4242, split=args.prompt_split)
-        samples_text = sample_text(args.text2img, [caption(s) for s in scenes], args.guidance, args.text_steps,
-                                   args.seed, eta=args.text_eta, progress=True)
-        rates = prompted_rates(scenes, samples_text)
+        scenes = world.sample(args.n_text, args.seed + 4242, args.prompt_split)
+        samples_text = sample_text(args.text2img, [world.caption(s) for s in scenes], args.guidance,
+                                   args.text_steps, args.seed, eta=args.text_eta, progress=True)
+        rates = prompted_rates(scenes, samples_text, world)
         results["text"] = {"n": args.n_text, "steps": args.text_steps, "eta": args.text_eta,
                            "prompt_split": args.prompt_split, "guidance": args.guidance,
                            "rates": rates}
+        prompted = bars.prompted_factors or world.factor_names
+        ok = min(rates[f] for f in prompted) >= bars.prompted_bar
         print(f"text2img {args.text2img}: {args.n_text} {args.prompt_split} captions, CFG {args.guidance}, "
-              f"{args.text_steps} DDIM steps, eta {args.text_eta:g} ({time.time() - t0:.0f}s): prompted-shape {rates['shape']:.3f} "
-              f"prompted-colour {rates['fg']:.3f} [both >= {PROMPTED_BAR}: "
-              f"{_verdict(min(rates['shape'], rates['fg']) >= PROMPTED_BAR)}]; all: {_fmt(rates)}")
+              f"{args.text_steps} DDIM steps, eta {args.text_eta:g} ({time.time() - t0:.0f}s): "
+              + " ".join(f"prompted-{f} {rates[f]:.3f}" for f in prompted)
+              + f" [each >= {bars.prompted_bar}: {_verdict(ok)}]; all: {_fmt(rates)}")
     else:
         print(f"text2img: no checkpoint at {args.text2img}")
 
@@ -263,14 +277,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             fid[name] = fid_from_features(clip.features(images), ref_feats)
             n = len(images)
-            shuffled = pixel_shuffle(render_batch(sample_scenes(n, seed=args.seed + 77, split="heldout"), 32),
+            shuffled = pixel_shuffle(world.render_batch(world.sample(n, args.seed + 77, "heldout"), res),
                                      seed=args.seed)
             fid[f"shuffled_n{n}"] = fid_from_features(clip.features(shuffled), ref_feats)
             ratio = fid[name] / fid[f"shuffled_n{n}"]
             fid[f"{name}_ratio"] = ratio
             print(f"FID (world-CLIP features, vs {args.n_ref} held-out renders): {name} {fid[name]:.4f}, "
                   f"pixel-shuffled held-out (n={n}) {fid[f'shuffled_n{n}']:.4f}, ratio {ratio:.3f}  "
-                  f"[< {FID_RATIO_BAR}: {_verdict(ratio < FID_RATIO_BAR)}]")
+                  f"[< {bars.fid_ratio_bar}: {_verdict(ratio < bars.fid_ratio_bar)}]")
         results["fid"] = fid
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -21,7 +21,7 @@ position embeddings start from 2-D sine-cosine codes (--pos-init-scale), and lin
 shared by both embeddings add a cross-entropy term (--aux-weight; the heads are not saved).
 
 Zero-shot evaluation: held-out renders, 100 x cosine logits against one prompt per value,
-`ZERO_SHOT_PROMPTS` (shape: "a circle", fg: "a red shape", bg, size, position too).
+the world's `zero_shot_prompts` (shapes: "a circle", "a red shape", ...; faces: "a photo of a smiling person", ...).
 """
 from __future__ import annotations
 
@@ -31,33 +31,18 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from harness.world._training import add_run_args, apply_run_args
-from harness.world import (
-    COLORS, FACTOR_NAMES, MAX_JITTER, SHAPES, SIZES, XS, YS, Scene, caption, position_phrase, render_batch,
-    sample_scenes, split_combinations,
-)
+from harness.world.registry import World, get_world, world_names
 
 # OpenAI CLIP's normalisation (what CLIPImageProcessor applies by default).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-POSITIONS: tuple[tuple[str, str], ...] = tuple((x, y) for y in YS for x in XS)
-
-# One prompt per factor value; the template is recorded in metrics.json.
-ZERO_SHOT_PROMPTS: dict[str, dict[str, str]] = {
-    "shape": {s: f"a {s}" for s in SHAPES},
-    "fg": {c: f"a {c} shape" for c in COLORS},
-    "bg": {c: f"a shape on a {c} background" for c in COLORS},
-    "size": {z: f"a {z} shape" for z in SIZES},
-    "position": {f"{x}/{y}": f"a shape, {position_phrase(x, y)}" for x, y in POSITIONS},
-}
-
 
 def build_clip(vision_width: int = 96, vision_layers: int = 3, vision_heads: int = 3, text_width: int = 32,
                text_layers: int = 3, text_heads: int = 1, projection_dim: int = 64):
@@ -125,83 +110,74 @@ def pixel_values(images: np.ndarray) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- captions
 
-def partial_caption(attrs: dict[str, str]) -> str:
-    """Caption naming only `attrs` (keys among shape, fg, bg, size, position=(x, y)), in caption()'s grammar."""
-    words = ["a"] + [attrs[k] for k in ("size", "fg") if k in attrs] + [attrs.get("shape", "shape")]
-    text = " ".join(words)
-    if "bg" in attrs:
-        text += f" on a {attrs['bg']} background"
-    if "position" in attrs:
-        text += ", " + position_phrase(*attrs["position"])
-    return text
+def _world(world: World | str | None) -> World:
+    return world if isinstance(world, World) else get_world(world or "shapes")
 
 
-_ATTR_KEYS = ("shape", "fg", "bg", "size", "position")
-_ATTR_VALUES = {"shape": SHAPES, "fg": COLORS, "bg": COLORS, "size": SIZES, "position": POSITIONS}
+def scene_attrs(scene, world: World | str | None = None) -> dict[str, str]:
+    """The scene's label for every caption group of its world (shapes: position = 'x/y')."""
+    w = _world(world)
+    return {g: w.group_label(scene.factors(), g) for g in w.groups}
 
 
-def counterfactual_batch(n: int, seed: int, group_size: int = 4) -> list[Scene]:
+def counterfactual_batch(n: int, seed: int, group_size: int = 4, world: World | str | None = None) -> list:
     """`n` train-split scenes in groups of `group_size`: a random scene, then variants of it that each change
-    one random factor (shape, fg, bg, size or position; new jitter too). Colour alone tells most random
-    scenes apart, so without such hard negatives shape and position are learnt slowly."""
+    one random caption group (new jitter too). Colour alone tells most random scenes apart, so without such
+    hard negatives shape, position and the small face parts are learnt slowly."""
+    w = _world(world)
+    groups = list(w.groups)
     rng = np.random.default_rng(seed)
-    bases = sample_scenes(-(-n // group_size), seed=seed, split="train")
-    train = set(split_combinations("train"))
-    out: list[Scene] = []
+    bases = w.sample(-(-n // group_size), seed, "train")
+    train = set(w.split_combinations("train"))
+    out: list = []
     for base in bases:
         out.append(base)
         for _ in range(group_size - 1):
             for _attempt in range(20):
-                f = dict(base.factors())
-                factor = ("shape", "fg", "bg", "size", "position")[rng.integers(5)]
-                if factor == "position":
-                    f["x"], f["y"] = POSITIONS[rng.integers(len(POSITIONS))]
-                else:
-                    f[factor] = _ATTR_VALUES[factor][rng.integers(len(_ATTR_VALUES[factor]))]
-                key = tuple(f[k] for k in FACTOR_NAMES)
+                group = groups[rng.integers(len(groups))]
+                labels = w.group_labels(group)
+                f = w.with_group(base.factors(), group, labels[rng.integers(len(labels))])
+                key = tuple(f[k] for k in w.factor_names)
                 if key != base.key() and key in train:
                     break
             else:
                 key = base.key()
-            dx, dy = rng.uniform(-MAX_JITTER, MAX_JITTER, size=2)
-            out.append(Scene(*key, dx=float(dx), dy=float(dy)))
+            out.append(w.make_scene(key, rng))
     return out[:n]
 
 
-def scene_attrs(scene: Scene) -> dict[str, object]:
-    return {"shape": scene.shape, "fg": scene.fg, "bg": scene.bg, "size": scene.size,
-            "position": (scene.x, scene.y)}
-
-
-def make_captions(scenes: Sequence[Scene], rng: np.random.Generator,
-                  partial_prob: float = 0.5) -> tuple[list[str], list[dict[str, object]]]:
-    """A caption per scene (full, or naming a random non-empty subset of factors) and the factors it names."""
+def make_captions(scenes: Sequence, rng: np.random.Generator, partial_prob: float = 0.5,
+                  world: World | str | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """A caption per scene (full, or naming a random non-empty subset of groups) and the groups it names."""
+    w = _world(world)
     texts, named = [], []
-    keys = ("shape", "fg", "bg", "size", "position")
+    keys = list(w.groups)
     for scene in scenes:
-        attrs = scene_attrs(scene)
+        attrs = scene_attrs(scene, w)
         if rng.random() < partial_prob:
             keep = rng.random(len(keys)) < 0.5
             if not keep.any():
                 keep[rng.integers(len(keys))] = True
             sub = {k: attrs[k] for k, m in zip(keys, keep) if m}
-            texts.append(partial_caption(sub))
+            texts.append(w.partial_caption(sub))
             named.append(sub)
         else:
-            texts.append(caption(scene))
+            texts.append(w.caption(scene))
             named.append(attrs)
     return texts, named
 
 
-def _attr_codes(attrs: dict[str, object]) -> list[int]:
-    """Index of each named factor's value, -1 where the caption leaves it open."""
-    return [_ATTR_VALUES[k].index(attrs[k]) if k in attrs else -1 for k in _ATTR_KEYS]
+def _attr_codes(attrs: dict[str, str], w: World) -> list[int]:
+    """Index of each named group's label, -1 where the caption leaves it open."""
+    return [w.group_labels(k).index(attrs[k]) if k in attrs else -1 for k in w.groups]
 
 
-def match_matrix(named: Sequence[dict[str, object]], scenes: Sequence[Scene]) -> torch.Tensor:
-    """M[i, j] = 1 when scene j has every factor caption i names (float, (T, N))."""
-    cap = np.array([_attr_codes(sub) for sub in named]).reshape(len(named), len(_ATTR_KEYS))
-    img = np.array([_attr_codes(scene_attrs(s)) for s in scenes]).reshape(len(scenes), len(_ATTR_KEYS))
+def match_matrix(named: Sequence[dict[str, str]], scenes: Sequence, world: World | str | None = None) -> torch.Tensor:
+    """M[i, j] = 1 when scene j has every group label caption i names (float, (T, N))."""
+    w = _world(world)
+    k = len(w.groups)
+    cap = np.array([_attr_codes(sub, w) for sub in named]).reshape(len(named), k)
+    img = np.array([_attr_codes(scene_attrs(s, w), w) for s in scenes]).reshape(len(scenes), k)
     ok = (cap[:, None, :] < 0) | (cap[:, None, :] == img[None, :, :])
     return torch.from_numpy(ok.all(axis=2).astype(np.float32))
 
@@ -222,12 +198,13 @@ class AuxHeads(torch.nn.Module):
     contrastive loss alone learns slowly for the spatial factors (shape, position) in a short CPU budget.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, world: World | str | None = None):
         super().__init__()
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, len(_ATTR_VALUES[k])) for k in _ATTR_KEYS)
+        w = _world(world)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, len(w.group_labels(k))) for k in w.groups)
 
     def loss(self, emb: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over factors; codes (B, 5) hold -1 where a caption leaves the factor open."""
+        """Mean cross-entropy over groups; codes (B, groups) hold -1 where a caption leaves the group open."""
         emb = F.normalize(emb, dim=-1)
         losses = [F.cross_entropy(head(emb) * 10.0, codes[:, i], ignore_index=-1)
                   for i, head in enumerate(self.heads) if (codes[:, i] >= 0).any()]
@@ -253,30 +230,30 @@ def image_features(model, images: np.ndarray, batch_size: int = 512) -> torch.Te
     return torch.cat(feats)
 
 
-def _truth(scene: Scene, factor: str) -> str:
-    return f"{scene.x}/{scene.y}" if factor == "position" else getattr(scene, factor)
-
-
 @torch.no_grad()
-def zero_shot_accuracy(model, tokenizer, images: np.ndarray, scenes: Sequence[Scene],
-                       prompts: dict[str, dict[str, str]] = ZERO_SHOT_PROMPTS) -> dict[str, float]:
-    """Per factor: share of images whose highest-cosine prompt names the true value."""
+def zero_shot_accuracy(model, tokenizer, images: np.ndarray, scenes: Sequence,
+                       prompts: Mapping[str, Mapping[str, str]] | None = None,
+                       world: World | str | None = None) -> dict[str, float]:
+    """Per caption group: share of images whose highest-cosine prompt names the true label."""
+    w = _world(world)
+    prompts = w.zero_shot_prompts if prompts is None else prompts
     was_training = model.training
     model.eval()
     img = F.normalize(image_features(model, images), dim=-1)
     acc = {}
-    for factor, table in prompts.items():
+    for group, table in prompts.items():
         values = list(table)
         txt = F.normalize(text_features(model, tokenizer, [table[v] for v in values]), dim=-1)
         pred = (100.0 * img @ txt.T).argmax(1).tolist()
-        acc[factor] = float(np.mean([values[p] == _truth(s, factor) for p, s in zip(pred, scenes)]))
+        acc[group] = float(np.mean([values[p] == w.group_label(s.factors(), group) for p, s in zip(pred, scenes)]))
     model.train(was_training)
     return acc
 
 
-def heldout_eval_set(n: int, seed: int = 12345) -> tuple[list[Scene], np.ndarray]:
-    scenes = sample_scenes(n, seed=seed, split="heldout")
-    return scenes, render_batch(scenes, 32)
+def heldout_eval_set(n: int, seed: int = 12345, world: World | str | None = None) -> tuple[list, np.ndarray]:
+    w = _world(world)
+    scenes = w.sample(n, seed, "heldout")
+    return scenes, w.render_batch(scenes, w.resolution)
 
 
 # ----------------------------------------------------------------------------- training
@@ -290,7 +267,9 @@ def save(out: Path, model, processor) -> None:
 def main(argv: list[str] | None = None):
     """Train, save and evaluate; returns the trained CLIPModel."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("checkpoints/world-clip"))
+    p.add_argument("--world", choices=world_names(), default="shapes", help="which procedural world to learn")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default checkpoints/world-clip (shapes), checkpoints/<world>-clip otherwise")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -315,7 +294,10 @@ def main(argv: list[str] | None = None):
     p.add_argument("--eval-samples", type=int, default=1000, help="held-out renders for the zero-shot eval")
     add_run_args(p)
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = Path("checkpoints/world-clip" if args.world == "shapes" else f"checkpoints/{args.world}-clip")
     apply_run_args(args)
+    world = get_world(args.world)
     model = build_clip(args.vision_width, args.vision_layers, args.vision_heads, args.text_width,
                        args.text_layers, args.text_heads, args.projection_dim)
     if args.pos_init_scale:
@@ -323,44 +305,44 @@ def main(argv: list[str] | None = None):
     processor = build_processor()
     tokenizer = processor.tokenizer
     model.train()
-    aux = AuxHeads(args.projection_dim)
+    aux = AuxHeads(args.projection_dim, world)
     params = list(model.named_parameters()) + list(aux.named_parameters())
     decay = [q for n, q in params if q.ndim >= 2 and "embedding" not in n]
     no_decay = [q for n, q in params if not (q.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
-    eval_scenes, eval_images = heldout_eval_set(args.eval_samples)
+    eval_scenes, eval_images = heldout_eval_set(args.eval_samples, world=world)
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "loss.csv", "w", newline="")
     writer = csv.writer(log)
     writer.writerow(["step", "loss", "clip_loss", "aux_loss", "logit_scale", "seconds"])
     evals = open(args.out / "eval.csv", "w", newline="")
     eval_writer = csv.writer(evals)
-    eval_writer.writerow(["step", "seconds", *ZERO_SHOT_PROMPTS])
+    eval_writer.writerow(["step", "seconds", *world.zero_shot_prompts])
     rng = np.random.default_rng(args.seed)
     budget = args.minutes * 60
     start = time.time()
     step = 0
 
     def evaluate() -> dict[str, float]:
-        acc = zero_shot_accuracy(model, tokenizer, eval_images, eval_scenes)
-        eval_writer.writerow([step, f"{time.time() - start:.1f}", *(f"{acc[k]:.4f}" for k in ZERO_SHOT_PROMPTS)])
+        acc = zero_shot_accuracy(model, tokenizer, eval_images, eval_scenes, world=world)
+        eval_writer.writerow([step, f"{time.time() - start:.1f}", *(f"{acc[k]:.4f}" for k in world.zero_shot_prompts)])
         evals.flush()
         print(f"step {step} zero-shot " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
         return acc
 
     while step < args.max_steps and time.time() - start < budget:
-        scenes = counterfactual_batch(args.batch_size, args.seed * 1_000_003 + step, args.group_size)
-        texts, named = make_captions(scenes, rng, args.partial_prob)
+        scenes = counterfactual_batch(args.batch_size, args.seed * 1_000_003 + step, args.group_size, world)
+        texts, named = make_captions(scenes, rng, args.partial_prob, world)
         tok = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
         out = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
-                    pixel_values=pixel_values(render_batch(scenes, 32)))
+                    pixel_values=pixel_values(world.render_batch(scenes, world.resolution)))
         scale = model.logit_scale.exp().clamp(max=100.0)
-        clip_loss = soft_clip_loss(out.text_embeds, out.image_embeds, scale, match_matrix(named, scenes))
+        clip_loss = soft_clip_loss(out.text_embeds, out.image_embeds, scale, match_matrix(named, scenes, world))
         aux_loss = torch.zeros(())
         if args.aux_weight:
-            image_codes = torch.tensor([_attr_codes(scene_attrs(sc)) for sc in scenes])
-            text_codes = torch.tensor([_attr_codes(sub) for sub in named])
+            image_codes = torch.tensor([_attr_codes(scene_attrs(sc, world), world) for sc in scenes])
+            text_codes = torch.tensor([_attr_codes(sub, world) for sub in named])
             aux_loss = (aux.loss(out.image_embeds, image_codes) + aux.loss(out.text_embeds, text_codes)) / 2
         loss = clip_loss + args.aux_weight * aux_loss
         frac = min(1.0, (time.time() - start) / budget)
@@ -390,12 +372,12 @@ def main(argv: list[str] | None = None):
     metrics = {
         "steps": step, "seconds": round(seconds, 1), "batch_size": args.batch_size,
         "zero_shot_accuracy": acc, "eval_split": "heldout", "eval_samples": args.eval_samples,
-        "prompts": ZERO_SHOT_PROMPTS, "logit_scale_eval": 100.0,
+        "world": world.name, "prompts": world.zero_shot_prompts, "logit_scale_eval": 100.0,
         "parameters": sum(q.numel() for q in model.parameters()), "args": {k: str(v) for k, v in vars(args).items()},
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"done: {step} steps in {seconds:.0f}s -> {args.out}; zero-shot shape {acc['shape']:.3f} "
-          f"fg {acc['fg']:.3f}", flush=True)
+    print(f"done: {step} steps in {seconds:.0f}s -> {args.out}; zero-shot "
+          + " ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
     return model
 
 

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.world import render_batch, sample_scenes
 from harness.world._training import (
-    add_prediction_arg, add_resume_args, add_run_args, apply_run_args, build_scheduler, noised_and_target,
+    WorldData, add_prediction_arg, add_resume_args, add_run_args, add_world_args, default_out, apply_run_args, build_scheduler, noised_and_target,
     optimiser_step, rates, save_grid, start_training, to_uint8_images,
 )
 
@@ -36,10 +35,8 @@ def build_unet(resolution: int):
     )
 
 
-def batch_images(step: int, batch_size: int, resolution: int, seed: int) -> torch.Tensor:
-    scenes = sample_scenes(batch_size, seed=seed * 1_000_003 + step, split="train")
-    x = torch.from_numpy(render_batch(scenes, resolution)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+def batch_images(step: int, batch_size: int, resolution: int, seed: int, world: str = "shapes") -> torch.Tensor:
+    return WorldData(world, resolution, seed).batch(step, batch_size)[0]
 
 
 def save(out: Path, ema, scheduler) -> None:
@@ -85,7 +82,9 @@ def sample_grid(unet, scheduler, n: int, path: Path, seed: int = 0) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("checkpoints/world-ddpm"))
+    add_world_args(p)
+    p.add_argument("--out", type=Path, default=None, help="default checkpoints/world-ddpm (shapes), "
+                   "checkpoints/<world>-ddpm otherwise")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -98,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     add_resume_args(p)
     add_prediction_arg(p)
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = default_out(args.world, "ddpm")
     apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.resume:
@@ -108,10 +109,11 @@ def main(argv: list[str] | None = None) -> None:
         unet = build_unet(args.resolution).to(device)
     scheduler = build_scheduler(args.prediction)
     ema, alphas, opt, log, g = start_training(unet, scheduler, args, device)
+    data = WorldData(args.world, args.resolution, args.seed, args.pool)
     start = time.time()
     step = args.start_step
     while step < args.start_step + args.max_steps and time.time() - start < args.minutes * 60:
-        x0 = batch_images(step, args.batch_size, args.resolution, args.seed).to(device)
+        x0 = data.batch(step, args.batch_size)[0].to(device)
         t = torch.randint(0, 1000, (x0.shape[0],), generator=g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = alphas[t].view(-1, 1, 1, 1)

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.world import caption, render_batch, sample_scenes
+from harness.world.registry import get_world
 from harness.world._training import (
-    add_prediction_arg, add_resume_args, add_run_args, apply_run_args, build_scheduler, noised_and_target,
+    WorldData, add_prediction_arg, add_resume_args, add_run_args, add_world_args, default_out, apply_run_args, build_scheduler, noised_and_target,
     optimiser_step, rates, save_grid, start_training, to_uint8_images,
 )
 
@@ -83,10 +83,9 @@ def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> torch.Ten
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
-def batch(step: int, batch_size: int, resolution: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    scenes = sample_scenes(batch_size, seed=seed * 1_000_003 + step, split="train")
-    x = torch.from_numpy(render_batch(scenes, resolution)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0, [caption(s) for s in scenes]
+def batch(step: int, batch_size: int, resolution: int, seed: int, world: str = "shapes") -> tuple[torch.Tensor, list[str]]:
+    x, scenes = WorldData(world, resolution, seed).batch(step, batch_size)
+    return x, [get_world(world).caption(s) for s in scenes]
 
 
 MODEL_INDEX = {
@@ -153,9 +152,9 @@ def sample(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, guidance: 
 
 
 def sample_grid(unet, scheduler, text_encoder, tokenizer, out: Path, n: int = 16, guidance: float = 5.0,
-                steps: int = 50) -> None:
-    scenes = sample_scenes(n, seed=7, split="heldout")
-    prompts = [caption(s) for s in scenes]
+                steps: int = 50, world: str = "shapes") -> None:
+    w = get_world(world)
+    prompts = [w.caption(s) for s in w.sample(n, 7, "heldout")]
     images = sample(unet, scheduler, encode_prompts(text_encoder, tokenizer, prompts),
                     encode_prompts(text_encoder, tokenizer, [""]), guidance, steps)
     save_grid(images, out / "samples.png")
@@ -167,8 +166,11 @@ def sample_grid(unet, scheduler, text_encoder, tokenizer, out: Path, n: int = 16
 def main(argv: list[str] | None = None):
     """Train and save; returns (EMA UNet, text encoder, tokenizer)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clip", type=Path, default=Path("checkpoints/world-clip"), help="train_clip.py output")
-    p.add_argument("--out", type=Path, default=Path("checkpoints/world-text2img"))
+    add_world_args(p)
+    p.add_argument("--clip", type=Path, default=None, help="train_clip.py output (default: the world's, "
+                   "checkpoints/world-clip or checkpoints/<world>-clip)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default checkpoints/world-text2img (shapes), checkpoints/<world>-text2img otherwise")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--attn-levels", type=int, default=1, choices=sorted(ATTN_LEVELS))
     p.add_argument("--batch-size", type=int, default=32)
@@ -187,9 +189,13 @@ def main(argv: list[str] | None = None):
     add_resume_args(p)
     add_prediction_arg(p)
     args = p.parse_args(argv)
+    args.clip = args.clip or default_out(args.world, "clip")
+    args.out = args.out or default_out(args.world, "text2img")
     apply_run_args(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     text_encoder, tokenizer = load_text_tower(args.clip)
+    data = WorldData(args.world, args.resolution, args.seed, args.pool)
+    world = get_world(args.world)
     text_encoder = text_encoder.to(device)
     if args.resume:
         from diffusers import UNet2DConditionModel
@@ -211,7 +217,8 @@ def main(argv: list[str] | None = None):
         print(f"saved step {step} -> {args.out}", flush=True)
 
     while step < args.start_step + args.max_steps and time.time() - start < args.minutes * 60:
-        x0, prompts = batch(step, args.batch_size, args.resolution, args.seed)
+        x0, scenes = data.batch(step, args.batch_size)
+        prompts = [world.caption(sc) for sc in scenes]
         drop = torch.rand(len(prompts), generator=g) < args.uncond_prob
         prompts = ["" if d else text for d, text in zip(drop.tolist(), prompts)]
         context = encode_prompts(text_encoder, tokenizer, prompts)
@@ -229,13 +236,13 @@ def main(argv: list[str] | None = None):
             checkpoint()
             if args.sample_every_save and args.samples:
                 sample_grid(ema, scheduler, text_encoder, tokenizer, args.out, args.samples, args.sample_guidance,
-                            args.sample_steps)
+                            args.sample_steps, args.world)
     if step % args.save_every:
         checkpoint()
     log.close()
     if args.samples:
         sample_grid(ema.cpu(), scheduler, text_encoder.cpu(), tokenizer, args.out, args.samples,
-                    args.sample_guidance, args.sample_steps)
+                    args.sample_guidance, args.sample_steps, args.world)
     print(f"done: {step} steps in {time.time() - start:.0f}s -> {args.out}", flush=True)
     return ema, text_encoder, tokenizer
 

@@ -150,12 +150,42 @@ def test_check_end_to_end_on_tiny_checkpoints(tmp_path, clip_run, text2img_run):
     res = check.main(["--clip", str(clip_run[0]), "--ddpm", str(tmp_path / "ddpm"), "--text2img",
                       str(text2img_run[0]), "--n-clip", "20", "--n-ref", "40", "--n-uncond", "6",
                       "--n-text", "4", "--ddpm-steps", "2", "--text-steps", "2", "--json", str(tmp_path / "r.json")])
-    assert set(res) == {"clip_zero_shot", "uncond", "text", "fid"}
+    assert set(res) == {"world", "clip_zero_shot", "uncond", "text", "fid"} and res["world"] == "shapes"
     assert set(res["uncond"]["tv"]) == set(FACTOR_NAMES)
     assert (res["uncond"]["steps"], res["uncond"]["eta"]) == (2, SAMPLE_ETA)
     assert (res["text"]["steps"], res["text"]["eta"]) == (2, 0.0)
     assert all(math.isfinite(v) for v in res["fid"].values())
     assert json.loads((tmp_path / "r.json").read_text()) == res
+
+
+def test_faces_check_prints_every_bar_with_a_verdict(tmp_path, capsys):
+    """`harness world check --world faces` on tiny faces checkpoints: every bar of issue 15 with PASS/FAIL."""
+    from harness.world import train_clip, train_text2img
+    from harness.world.faces.factors import ATTRIBUTES
+    from harness.world.train_ddpm import build_scheduler, build_unet, save
+
+    train_clip.main(["--world", "faces", "--out", str(tmp_path / "clip"), *TINY_CLIP])
+    train_text2img.main(["--world", "faces", "--clip", str(tmp_path / "clip"), "--out", str(tmp_path / "t2i"),
+                         "--max-steps", "1", "--batch-size", "2", "--samples", "0"])
+    torch.manual_seed(0)
+    save(tmp_path / "ddpm", build_unet(32), build_scheduler("v_prediction"))
+    capsys.readouterr()
+    res = check.main(["--world", "faces", "--clip", str(tmp_path / "clip"), "--ddpm", str(tmp_path / "ddpm"),
+                      "--text2img", str(tmp_path / "t2i"), "--n-clip", "12", "--n-ref", "30", "--n-uncond", "3",
+                      "--n-text", "3", "--text-steps", "2", "--ddpm-steps", "2"])
+    out = capsys.readouterr().out
+    assert res["world"] == "faces" and set(res["clip_zero_shot"]) >= set(ATTRIBUTES)
+    assert set(res["uncond"]["tv"]) == {"smile", "glasses", "age", "gender", "hat", "skin", "hair", "bg"}
+    assert set(res["text"]["rates"]) >= set(ATTRIBUTES)
+    lines = {name: next(line for line in out.splitlines() if line.startswith(name)) for name in ("CLIP", "DDPM", "text2img")}
+    assert ", ".join(ATTRIBUTES) + " >= 0.95" in lines["CLIP"]
+    assert ">= 0.9:" in lines["DDPM"] and "each <= 0.1" in lines["DDPM"] and "eta 0" in lines["DDPM"]
+    assert all(f"prompted-{a}" in lines["text2img"] for a in ATTRIBUTES) and "each >= 0.9" in lines["text2img"]
+    assert out.count("< 0.2:") == 2
+    verdicts = out.count("PASS") + out.count("FAIL")
+    assert verdicts == 6, out  # zero-shot, validity, TV, prompted, FID for both models
+    # a random DDPM is judged, not waved through
+    assert "FAIL" in lines["DDPM"]
 
 
 # ----------------------------------------------------------------------------- check.py helpers
