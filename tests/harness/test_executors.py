@@ -127,3 +127,44 @@ def test_rerun_after_a_checkpoint_changed_is_refused(tmp_path, monkeypatch) -> N
     monkeypatch.setattr(runner, "model_fingerprint", lambda spec: "retrained-weights")
     with pytest.raises(HarnessError, match="retrained-weights"):
         execute(plan(run_config_from_dict(raw)), progress=False)
+
+
+def test_readme_method_example_is_the_module_complete() -> None:
+    """The README's example is methods/random_direction.py itself (imports included), docstring aside."""
+    import methods.random_direction as module
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("`methods/random_direction.py`, complete", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    source = Path(module.__file__).read_text()
+    body = source[source.index('"""', 3) + 3:].lstrip("\n")
+    assert block == body
+
+
+def test_method_that_overrides_prepare_is_prepared_without_a_flag(tmp_path) -> None:
+    """needs_prepare is derived from the override: forgetting a flag cannot leave `edit` without its state."""
+    import torch
+
+    from methods.base import EditMethod, EditOutput, register_method
+
+    @register_method("test-prepared")
+    class Prepared(EditMethod):
+        def prepare(self, backbone, ctx):
+            return {"level": 0.25}
+
+        def edit(self, backbone, state, requests, sampler):
+            image = torch.full((3, backbone.resolution, backbone.resolution), state["level"])
+            return [EditOutput(image, image + 0.5) for _ in requests]
+
+    assert Prepared.needs_prepare
+    raw = tiny_run(tmp_path, run_id="prep", models=["tiny-unet"], seeds=1, methods=[{"name": "test-prepared"}])
+    summary = execute(plan(run_config_from_dict(raw)), progress=False)
+    rows = RunStore(Path(summary.run_dir)).read_rows()
+    assert summary.done == summary.units == 2, rows["error"].tolist()
+
+
+def test_a_needs_prepare_flag_contradicting_the_override_is_refused() -> None:
+    from methods.base import EditMethod
+
+    with pytest.raises(TypeError, match="needs_prepare"):
+        class Flagged(EditMethod):
+            needs_prepare = True  # but no prepare: the harness would cache an empty state for nothing
