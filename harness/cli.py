@@ -1,10 +1,11 @@
 """Command line: `python -m harness …` or `harness …`.
 
     harness run CONFIG [key=value …] [--executor ray|inprocess] [--workers N] [--address ADDR]
+                [--retry-failed] [--accept-code-change]
     harness status RUN_DIR
     harness methods | suites | models
     harness metrics RUN_DIR
-    harness verify RUN_DIR [--sample N]
+    harness verify RUN_DIR [--sample N] [--seed S]
     harness report RUN… [--format md|tex|csv|parquet|html] [--sort METRIC] [--out PATH]
     harness leaderboard RUN… [--format md|tex|csv|parquet] [--sort METRIC] [--out PATH]
     harness paper-tables RUN [--table svd|hspace] [--format md|tex] [--strength S] [--out PATH]
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.log import get_logger
 
 # Offline by default: hub ids resolve from the local cache or fail fast with a clear message.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,6 +26,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+log = get_logger()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -40,37 +44,56 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"executor.address={args.address}")
     config = load_run_config(args.config, overrides)
     p = plan(config)
-    print(f"[harness] run {config.run_id}: {p.num_units} units in {len(p.batches)} batches, "
-          f"{len(p.prepares)} prepare job(s) -> {config.run_dir}", flush=True)
-    summary = execute(p, progress=not args.no_progress)
+    log.info("run %s: %d units in %d batches, %d prepare job(s) -> %s", config.run_id, p.num_units, len(p.batches),
+             len(p.prepares), config.run_dir)
+    summary = execute(p, progress=not args.no_progress, retry_failed=args.retry_failed,
+                      accept_code_change=args.accept_code_change)
     if summary.metrics_path:
-        print(f"[harness] metrics: {summary.metrics_path}", flush=True)
+        log.info("metrics: %s", summary.metrics_path)
     board = write_leaderboard(summary.run_dir)
-    print(f"[harness] {summary.done}/{summary.units} units done, {summary.failed} failed "
-          f"({summary.skipped_batches} batches already done; executor: {summary.executor})")
-    print(f"[harness] leaderboard: {board}")
+    retried = f", {summary.retried} failed unit(s) retried" if args.retry_failed else ""
+    log.info("%d/%d units done, %d failed (%d batches already done%s; executor: %s)", summary.done, summary.units,
+             summary.failed, summary.skipped_batches, retried, summary.executor)
+    log.info("leaderboard: %s", board)
+    if summary.failed:
+        log.warning("%d unit(s) failed: reasons in `harness status %s`; `harness run %s --retry-failed` redoes them",
+                    summary.failed, summary.run_dir, args.config)
     return 0 if summary.failed == 0 else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import yaml
+    """Progress of a run, read-only: it never changes the run directory."""
+    from dataclasses import replace
 
-    from harness.config import run_config_from_dict
     from harness.runner import plan
     from harness.store import RunStore
 
     store = RunStore(Path(args.run_dir))
-    if not store.exists():
-        raise HarnessError(f"{args.run_dir} is not a run directory (no config.yaml)")
-    config = run_config_from_dict(yaml.safe_load(store.config_path.read_text()))
-    p = plan(config)
+    config = store.run_config()
+    p = plan(replace(config, metrics={}))  # the grid only: no metric model is loaded to say how far a run is
     rows = store.read_rows()
     done = int((rows["status"] == "done").sum()) if len(rows) else 0
     print(f"run {store.root.name}: {len(rows)}/{p.num_units} units recorded ({done} done, {len(rows) - done} failed), "
           f"{len(store.done_batches())}/{len(p.batches)} batches")
     if len(rows):
         print(rows.groupby(["method", "status"]).size().to_string())
+    failed = rows[rows["status"] != "done"]
+    if len(failed):
+        print(f"failed units by reason ({len(failed)}):")
+        reasons = failed.assign(reason=failed["error"].fillna("no reason recorded").map(_one_line))
+        for (method, reason), n in reasons.groupby(["method", "reason"]).size().sort_values(ascending=False).items():
+            print(f"  {n:4d}  {method}: {reason}")
+        print("  `harness run CONFIG --retry-failed` redoes exactly these units")
+    corrupt = store.corrupt_shards()
+    if corrupt:
+        print(f"{len(corrupt)} unreadable shard(s) ({', '.join(p.name for p in corrupt)}): their batches count as "
+              f"not done; the next `harness run` sets them aside and redoes them")
     return 0
+
+
+def _one_line(text: str, width: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -97,26 +120,29 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    """Metrics of a stored run, with its config's `metrics:` section changed by `metrics.x=y` overrides."""
-    import yaml
-
+    """Metrics of a stored run, with its saved metrics settings changed by `metrics.x=y` overrides."""
     from harness.config import apply_overrides
     from harness.evaluation import preflight, run_metrics
     from harness.reports import write_leaderboard
-    from harness.store import RunStore
+    from harness.store import RunInUseError, RunStore
 
     store = RunStore(Path(args.run_dir))
-    if not store.exists():
-        raise HarnessError(f"{args.run_dir} is not a run directory (no config.yaml)")
-    saved = store.root / "metrics" / "config.yaml"
-    raw = {"metrics": yaml.safe_load(saved.read_text()) if saved.is_file() else {}}
+    store.read_config()  # a run directory, with a readable config
     bad = [o for o in args.overrides if not o.startswith("metrics.")]
     if bad:
         raise HarnessError(f"only metrics.* overrides apply to `harness metrics`, got {bad[0]!r}")
+    # Saved by `harness run` before any work (and rewritten by each metrics stage with what it used).
+    saved = store.root / "metrics" / "config.yaml"
+    raw = {"metrics": store.read_mapping(saved) if saved.is_file() else {}}
     metrics_raw = apply_overrides(raw, list(args.overrides)).get("metrics") or {}
     preflight(metrics_raw)
-    print(f"[harness] metrics: {run_metrics(store.root, metrics_raw)}")
-    print(f"[harness] leaderboard: {write_leaderboard(store.root)}")
+    try:
+        with store.lock():
+            log.info("metrics: %s", run_metrics(store.root, metrics_raw))
+    except RunInUseError as exc:
+        raise HarnessError(f"run {store.root.name!r} is still running ({exc.owner}); its own metrics stage runs when "
+                           f"generation ends. Run `harness metrics {args.run_dir}` after it has finished") from None
+    log.info("leaderboard: %s", write_leaderboard(store.root))
     return 0
 
 
@@ -189,7 +215,8 @@ def cmd_paper_tables(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from harness.verify import verify_run
 
-    report = verify_run(args.run_dir, args.sample)
+    report = verify_run(args.run_dir, args.sample, args.seed)
+    print(f"[harness] verify: {len(report.batches)} batch(es) drawn at random with --seed {report.seed}")
     print(f"[harness] verify: {report.identical}/{report.checked} images byte-identical on re-generation")
     for item in report.differing:
         print(f"[harness]   differs: {item}")
@@ -214,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="number of workers (default: one per GPU, else per CPU)")
     run.add_argument("--address", help="join an existing Ray cluster")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="also redo the failed units of finished batches (their batch-mates stay as they are)")
+    run.add_argument("--accept-code-change", action="store_true",
+                     help="continue a run whose methods' code changed since it started (recorded in manifest.json)")
+    run.add_argument("-v", "--verbose", action="store_true", help="also the workers' retry tracebacks")
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="progress of a run")
     status.add_argument("run_dir")
@@ -222,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"list registered {name}").set_defaults(func=cmd_list)
     verify = sub.add_parser("verify", help="re-generate a sample of a run's batches and compare PNG bytes")
     verify.add_argument("run_dir")
-    verify.add_argument("--sample", type=int, default=4, help="batches to re-generate")
+    verify.add_argument("--sample", type=int, default=4, help="batches to re-generate (drawn at random)")
+    verify.add_argument("--seed", type=int, help="seed of the draw (printed; pass it to check the same batches)")
     verify.set_defaults(func=cmd_verify)
     world = sub.add_parser("world", help="the embedded world: `harness world check` prints its figures")
     world.add_argument("action", choices=["check"])
@@ -266,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in ("run", "metrics") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    from harness.log import setup
+
+    setup(verbose=getattr(args, "verbose", False))
     try:
         return args.func(args)
     except HarnessError as exc:

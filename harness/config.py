@@ -6,6 +6,7 @@ config is saved beside every run's results (see harness.store).
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,13 +116,17 @@ class RunConfig:
     def validate(self, prefix: str) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.run_id):
             raise ConfigError("run_id", self.run_id, "letters, digits, '.', '_' and '-' (max 100)")
-        for name in ("models", "suites", "methods"):
+        for name in ("models", "suites", "methods", "seeds", "strengths"):
             if not getattr(self, name):
-                raise ConfigError(name, getattr(self, name), "a non-empty list")
+                raise ConfigError(name, list(getattr(self, name)), "a non-empty list",
+                                  "an empty list would make a run of 0 units")
         for i, s in enumerate(self.strengths):
             if not math.isfinite(s):
                 raise ConfigError(f"strengths[{i}]", s, "finite numbers", "NaN and inf are not edit strengths")
         for m in self.methods:
+            if m.strengths is not None and not m.strengths:
+                raise ConfigError(f"methods[{m.key}].strengths", [], "a non-empty list, or no key for the run's "
+                                  "strengths", "an empty list would give this method 0 units")
             for s in m.strengths or ():
                 if not math.isfinite(s):
                     raise ConfigError(f"methods[{m.key}].strengths", s, "finite numbers")
@@ -131,11 +136,17 @@ class RunConfig:
             raise ConfigError("methods", sorted(dup)[0], "unique labels", "give repeated methods a distinct `label`")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError("seeds", list(self.seeds), "distinct integers")
+        out = Path(self.output_dir).expanduser()
+        if not out.is_absolute() and not Path(os.path.normpath(REPO_ROOT / out)).is_relative_to(REPO_ROOT):
+            raise ConfigError("output_dir", self.output_dir, f"a path inside the project ({REPO_ROOT}) or an "
+                              "absolute path", "relative paths are resolved from the project root")
 
     @property
     def run_dir(self) -> Path:
-        out = Path(self.output_dir)
-        return (out if out.is_absolute() else Path.cwd() / out) / self.run_id
+        """Relative output directories are resolved from the project root, never from the current directory,
+        so the same config names the same run wherever the command is started."""
+        out = Path(self.output_dir).expanduser()
+        return Path(os.path.normpath(out if out.is_absolute() else REPO_ROOT / out)) / self.run_id
 
 
 def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
@@ -212,9 +223,9 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return from_dict(RunConfig, raw)
 
 
-DERIVED_KEYS = ("model_fingerprints",)
-"""Written into a run's config.yaml from the models themselves; recomputed, never read, so that file loads
-back as a config."""
+DERIVED_KEYS = ("model_fingerprints", "code_fingerprints")
+"""Written into a run's config.yaml from the models and the methods' code; recomputed, never read, so that
+file loads back as a config."""
 
 
 def run_config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:

@@ -38,14 +38,24 @@ def preflight(raw: dict[str, Any]) -> None:
         build_lpips(cfg.lpips, scorer, "cpu")
 
 
-def oracle_targets(store: RunStore) -> dict[str, tuple[str, str, str]]:
-    """attribute -> (factor, value, world) from the run's suites, for attributes a world's oracle can check."""
+def save_metrics_config(run_dir: str | Path, raw: dict[str, Any]) -> Path:
+    """Write the run's metrics settings (validated, defaults filled in) to metrics/config.yaml.
+
+    `harness run` writes it before any work, so `harness metrics RUN` can compute the metrics of a run that
+    was interrupted before its metrics stage; the stage rewrites it with what it used."""
     import yaml
 
+    path = Path(run_dir) / "metrics" / "config.yaml"
+    atomic_write_bytes(path, yaml.safe_dump(metrics_config(raw).to_dict(), sort_keys=True).encode())
+    return path
+
+
+def oracle_targets(store: RunStore) -> dict[str, tuple[str, str, str]]:
+    """attribute -> (factor, value, world) from the run's suites, for attributes a world's oracle can check."""
     from harness.suites import load_suite
 
     targets = {}
-    for name in yaml.safe_load(store.config_path.read_text())["suites"]:
+    for name in store.read_config()["suites"]:
         suite = load_suite(name)
         for attr, spec in suite.attributes.items():
             if spec.factor and spec.value and suite.oracle_world:
@@ -102,9 +112,7 @@ def run_metrics(run_dir: str | Path, raw: dict[str, Any], executor: Any = None, 
         executor.map("metrics_shard", jobs, lambda job, n: None)
     per_image, aggregates = compute_metrics(rows, store.root, cfg, _reference(cfg), oracle_targets(store))
     out = store.root / "metrics"
-    import yaml
-
-    atomic_write_bytes(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True).encode())
+    save_metrics_config(store.root, raw)
     _write(out / "per_image.parquet", per_image)
     _write(out / "aggregates.parquet", aggregates)
     return out / "aggregates.parquet"

@@ -85,13 +85,16 @@ def _clip_tokenizer(max_length: int = 77) -> Any:
     return CLIPTokenizer(f"{d}/vocab.json", f"{d}/merges.txt", pad_token="!", model_max_length=max_length)
 
 
+DDIM_DEFAULTS: dict[str, Any] = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001,
+                                     beta_end=0.02, clip_sample=False, set_alpha_to_one=True, steps_offset=1,
+                                     timestep_spacing="leading")
+"""The factories' DDIM scheduler (each overrides only its betas)."""
+
+
 def _ddim(**overrides: Any) -> Any:
     from diffusers import DDIMScheduler
 
-    cfg = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
-               clip_sample=False, set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading")
-    cfg.update(overrides)
-    return DDIMScheduler(**cfg)
+    return DDIMScheduler(**{**DDIM_DEFAULTS, **overrides})
 
 
 def tiny_unet() -> dict[str, Any]:
@@ -279,6 +282,31 @@ def model_fingerprint(spec: ModelSpec) -> str:
     configs = [(str(p.relative_to(directory)), p.read_text()) for p in files if p.suffix == ".json"]
     weights = [(str(p.relative_to(directory)), file_sha256(p)) for p in files if p.suffix in WEIGHT_SUFFIXES]
     return stable_hash("pretrained", spec.family, spec.pretrained, configs, weights)
+
+
+def max_sampling_steps(spec: ModelSpec) -> int | None:
+    """The most DDIM steps the model's scheduler can index, from its config (nothing is loaded, not even
+    diffusers); None when the model is not available (loading it reports that).
+
+    diffusers' "leading" spacing puts the first timestep at (n - 1) * (T // n) + steps_offset, which must stay
+    below the T training timesteps: 1000 with steps_offset 1 allow 999 steps, not 1000. "linspace" and
+    "trailing" stay below T for any n <= T."""
+    if spec.factory:
+        cfg = DDIM_DEFAULTS  # every factory samples on this grid; only their betas differ
+    else:
+        try:
+            directory = _local_dir(spec)
+        except MissingWeightsError:
+            return None
+        path = directory / "scheduler" / "scheduler_config.json"
+        path = path if path.is_file() else directory / "scheduler_config.json"
+        if not path.is_file():
+            return None
+        cfg = json.loads(path.read_text())
+    total, offset = int(cfg.get("num_train_timesteps", 1000)), int(cfg.get("steps_offset", 0))
+    if cfg.get("timestep_spacing", "leading") != "leading":
+        return total
+    return next((n for n in range(total, 0, -1) if (n - 1) * (total // n) + offset < total), None)
 
 
 def load_backbone(name: str, device: str | None = None, dtype: Any = None) -> "Backbone":

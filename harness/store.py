@@ -93,6 +93,31 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+class ConfigChangedError(HarnessError):
+    """An existing run was made with another config; `changed` names the top-level keys that differ."""
+
+    def __init__(self, root: Path, changed: list[str], diff: str) -> None:
+        self.changed, self.diff = changed, diff
+        super().__init__(f"run {root.name!r} already exists with a different config ({', '.join(changed)}); "
+                         f"use a new run_id (run_id=...) or delete {root}.\n{diff}")
+
+
+class RunInUseError(HarnessError):
+    """Another driver holds the run's lock."""
+
+    def __init__(self, root: Path, owner: str) -> None:
+        self.owner = owner
+        super().__init__(f"run {root.name!r} is in use by {owner}; wait for it to finish "
+                         f"(`harness status {root}`) or use another run_id")
+
+
+def _changes(old: Any, new: Any) -> Any:
+    """What changed between two config values: only the differing entries of mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    return [old, new]
+
+
 class RunStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -114,18 +139,30 @@ class RunStore:
         return self.config_path.is_file()
 
     # -- creation and identity ----------------------------------------------------------------
-    def initialise(self, resolved_config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-        """Create the run, or check that an existing run was made with the same config."""
+    def initialise(self, resolved_config: dict[str, Any], extra: dict[str, Any] | None = None,
+                   amendable: tuple[str, ...] = ()) -> None:
+        """Create the run, or check that an existing run was made with the same config.
+
+        Top-level keys in `amendable` may differ: config.yaml then takes the new values and manifest.json
+        records the change (`amendments`), so a continued run says what it was continued with."""
         text = yaml.safe_dump(resolved_config, sort_keys=True)
         if self.exists():
+            saved = self.read_config()  # a damaged file is refused clearly before any comparison
             old = self.config_path.read_text()
-            if old != text:
-                diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True),
-                                                    "existing config.yaml", "requested config"))
-                raise HarnessError(
-                    f"run {self.root.name!r} already exists with a different config; "
-                    f"use a new run_id (run_id=...) or delete {self.root}.\n{diff}")
-            return
+            if old == text:
+                return
+            changed = sorted(k for k in set(saved) | set(resolved_config) if saved.get(k) != resolved_config.get(k))
+            if changed and set(changed) <= set(amendable):
+                manifest = self.manifest()
+                manifest.setdefault("amendments", []).append({
+                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "changed": {k: _changes(saved.get(k), resolved_config.get(k)) for k in changed}})
+                atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+                atomic_write_bytes(self.config_path, text.encode())
+                return
+            diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True),
+                                                "existing config.yaml", "requested config"))
+            raise ConfigChangedError(self.root, changed, diff)
         self.root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "run_id": self.root.name,
@@ -139,7 +176,41 @@ class RunStore:
         atomic_write_bytes(self.config_path, text.encode())  # last: its presence marks a complete creation
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text())
+        """manifest.json ({} when absent); a damaged one is one clear error, not a traceback."""
+        return self.read_mapping(self.manifest_path, json.loads) if self.manifest_path.is_file() else {}
+
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as saved at creation; a damaged one is one clear error, not a traceback."""
+        if not self.exists():
+            raise HarnessError(f"{self.root} is not a run directory (no config.yaml)")
+        return self.read_mapping(self.config_path, yaml.safe_load)
+
+    def read_mapping(self, path: Path, parse: Any = yaml.safe_load) -> dict[str, Any]:
+        """A YAML/JSON file of the run that must hold a mapping; anything else is a HarnessError naming it."""
+        try:
+            data = parse(path.read_text())
+        except (ValueError, yaml.YAMLError, UnicodeDecodeError) as exc:  # json's errors are ValueErrors
+            data = exc
+        if not isinstance(data, dict):
+            raise self._damaged(path, data)
+        return data
+
+    def run_config(self) -> Any:
+        """The run's config (a RunConfig) from config.yaml."""
+        from harness.config import run_config_from_dict
+        from harness.errors import ConfigError
+
+        try:
+            return run_config_from_dict(self.read_config())
+        except ConfigError as exc:
+            raise self._damaged(self.config_path, exc) from None
+
+    @staticmethod
+    def _damaged(path: Path, found: Any) -> HarnessError:
+        what = f"{type(found).__name__}: {found}" if isinstance(found, Exception) else f"a {type(found).__name__}"
+        what = " ".join(what.split())[:200]  # one line, whatever the parser said
+        return HarnessError(f"{path} is damaged ({what}); restore it from a copy, or start a new run with "
+                            "another run_id")
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -151,9 +222,7 @@ class RunStore:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
-                owner = f.read().strip() or "another process"
-                raise HarnessError(f"run {self.root.name!r} is in use by {owner}; wait for it to finish "
-                                   f"(`harness status {self.root}`) or use another run_id") from None
+                raise RunInUseError(self.root, f.read().strip() or "another process") from None
             f.seek(0)
             f.truncate()
             f.write(f"pid {os.getpid()} on {platform.node()} since {time.strftime('%H:%M:%S')}")
@@ -189,14 +258,23 @@ class RunStore:
         except Exception:  # truncated or foreign files: their batch is redone
             return False
 
+    def corrupt_shards(self) -> list[Path]:
+        """Shards that do not read back with the row schema (a write cut short, a foreign file)."""
+        return [p for p in sorted(self.shard_dir.glob("*.parquet")) if not self._valid_shard(p)]
+
     def done_batches(self) -> set[str]:
-        done = set()
-        for path in sorted(self.shard_dir.glob("*.parquet")):
-            if self._valid_shard(path):
-                done.add(path.stem)
-            else:
-                path.rename(path.with_suffix(".corrupt"))
-        return done
+        """Batches whose shard reads back. Read-only: a corrupt shard is left where it is (see `repair`)."""
+        return {p.stem for p in sorted(self.shard_dir.glob("*.parquet")) if self._valid_shard(p)}
+
+    def repair(self) -> list[Path]:
+        """Set corrupt shards aside as *.corrupt so their batches are redone; only `harness run` calls this,
+        under the run's lock, and logs what it moved. Returns the new paths."""
+        moved = []
+        for path in self.corrupt_shards():
+            target = path.with_suffix(".corrupt")
+            path.rename(target)
+            moved.append(target)
+        return moved
 
     def read_rows(self) -> "Any":
         import pandas as pd
@@ -205,6 +283,16 @@ class RunStore:
         if not frames:
             return pd.DataFrame(columns=list(ROW_COLUMNS))
         return pd.concat(frames, ignore_index=True).sort_values("unit_key", ignore_index=True)
+
+    def update_shard(self, batch_key: str, rows: list[dict[str, Any]]) -> None:
+        """Replace some units' rows in a batch's shard (a retry), keeping the other rows as they are."""
+        import pandas as pd
+
+        new = {row["unit_key"]: row for row in rows}
+        merged = [new.pop(row["unit_key"], row) for row in pd.read_parquet(self.shard_path(batch_key)).to_dict("records")]
+        if new:
+            raise ValueError(f"units {sorted(new)} are not in batch {batch_key}")
+        self.write_shard(batch_key, merged)
 
     def artifact_path(self, key: str) -> Path:
         return self.root / "artifacts" / f"{key}.pt"

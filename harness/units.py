@@ -6,6 +6,7 @@ sorted unit list before work is handed out, so results never depend on how many 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,26 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Retry:
+    """The failed units of a finished batch, redone by `harness run --retry-failed`.
+
+    The whole batch is computed again, since a unit's bytes depend on its batch-mates (CPU kernels are not
+    batch-size invariant), so a retried unit gets the bytes an undisturbed run would have; only the
+    `unit_keys`' images and rows are written, the batch's other units stay as they are."""
+
+    batch: Batch
+    unit_keys: frozenset[str]
+
+    @property
+    def units(self) -> tuple[WorkUnit, ...]:
+        return self.batch.units  # what is computed, so what a per-unit time limit counts
+
+    @property
+    def key(self) -> str:
+        return self.batch.key
+
+
+@dataclass(frozen=True)
 class ResolvedMethod:
     entry: MethodEntry
     cls: Any
@@ -76,6 +97,13 @@ class ResolvedMethod:
     def options_dict(self) -> dict[str, Any]:
         return to_dict(self.options)
 
+    @property
+    def code(self) -> dict[str, str]:
+        """{source file: hash} of the code this method runs (harness.code_fingerprint)."""
+        from harness.code_fingerprint import method_code
+
+        return method_code(self.cls)
+
 
 def resolve_methods(config: RunConfig) -> list[ResolvedMethod]:
     from methods.base import discover_methods
@@ -85,13 +113,26 @@ def resolve_methods(config: RunConfig) -> list[ResolvedMethod]:
     for i, entry in enumerate(config.methods):
         cls = registry.get(entry.name)
         options = from_dict(cls.Options, entry.options, prefix=f"methods[{entry.key}].options")
+        for key, value in _numbers(to_dict(options), f"methods[{entry.key}].options"):
+            if not math.isfinite(value):
+                raise ConfigError(key, value, "a finite number", "NaN and inf are not option values")
         out.append(ResolvedMethod(entry, cls, options))
     return out
 
 
+def _numbers(data: Any, prefix: str) -> list[tuple[str, float]]:
+    """(dotted key, value) of every float in nested options, so that none is NaN or inf."""
+    if isinstance(data, dict):
+        return [kv for k, v in data.items() for kv in _numbers(v, f"{prefix}.{k}")]
+    if isinstance(data, (list, tuple)):
+        return [kv for i, v in enumerate(data) for kv in _numbers(v, f"{prefix}[{i}]")]
+    return [(prefix, data)] if isinstance(data, float) else []
+
+
 def prepare_key(method: ResolvedMethod, model_fingerprint: str, suite: Suite, config: RunConfig) -> str:
-    return stable_hash("prepare", method.cls.name, method.cls.version, method.options_dict, model_fingerprint,
-                       suite.fingerprint, to_dict(config.sampler))
+    # The code too: what an edited `prepare` learns must not be served from the old code's artifact.
+    return stable_hash("prepare", method.cls.name, method.cls.version, method.code, method.options_dict,
+                       model_fingerprint, suite.fingerprint, to_dict(config.sampler))
 
 
 def expand_grid(config: RunConfig, methods: list[ResolvedMethod], suites: dict[str, Suite],

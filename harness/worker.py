@@ -9,18 +9,18 @@ import math
 import platform
 import threading
 import time
-import traceback
 from typing import Any
 
 import torch
 
 from harness.config import RunConfig
+from harness.log import get_logger, quiet_libraries, setup
 from harness.schema import to_dict
 from harness.store import RunStore
 from harness.suites import load_suite, select_items
-from harness.units import Batch, PrepareJob, resolve_methods
+from harness.units import Batch, PrepareJob, Retry, resolve_methods
 
-log_prefix = "[harness]"
+log = get_logger("worker")
 
 
 def choose_device() -> str:
@@ -44,6 +44,7 @@ class Worker:
         # Set explicitly: reused Ray workers keep the count torch read at import, and CPU results
         # depend on it (see ExecutorConfig.threads).
         torch.set_num_threads(config.executor.threads)
+        setup()  # a Ray worker is a fresh process: harness messages on, library chatter off
         self.config = config
         self.store = RunStore(run_dir)
         self.worker_id = worker_id
@@ -68,6 +69,7 @@ class Worker:
             from harness.models import load_backbone
 
             backbone = load_backbone(model, self.device, self.dtype)
+            quiet_libraries()  # diffusers is loaded now: its per-model notices off
             if self.config.executor.compile:
                 from harness.diffusion.compile import compile_backbone
 
@@ -100,9 +102,9 @@ class Worker:
             start = time.perf_counter()
             state = method.cls(method.options).prepare(backbone, ctx)
             self._sync()
-        except Exception as exc:  # its batches fail with this reason; a re-run tries again
+        except Exception as exc:  # its batches fail with this reason; `harness run --retry-failed` tries again
             error = f"prepare of {job.method} on {job.model}/{job.suite} failed: {type(exc).__name__}: {exc}"
-            print(f"{log_prefix} {error}\n{traceback.format_exc(limit=3)}", flush=True)
+            log.debug(error, exc_info=True)  # the driver reports the failure itself, once
             from harness.store import atomic_write_bytes
 
             atomic_write_bytes(error_path, error.encode())
@@ -164,18 +166,27 @@ class Worker:
                 return f"{field} of item {item.id!r} is longer than the text encoder's {backbone.tokenizer.model_max_length} tokens"
         return None
 
-    def run_batch(self, batch: Batch) -> list[dict[str, Any]]:
-        """Edit a batch, write its images, then its shard (which marks it done). Never raises for a method error."""
+    def run_batch(self, job: Batch | Retry) -> list[dict[str, Any]]:
+        """Edit a batch, write its images, then its shard (which marks it done); return the rows written.
+
+        Never raises for a method error. A Retry computes its whole batch but writes only its units'
+        images and rows (replacing their failed rows in the shard)."""
+        batch, redo = (job.batch, job.unit_keys) if isinstance(job, Retry) else (job, None)
         with self._device_lock:
             started = time.time()  # busy from here: time spent waiting for the lock is not work
             rows, images = self._compute_batch(batch)
+        out = [rows[u.key] for u in batch.units if redo is None or u.key in redo]
+        paths = {row[col] for row in out for col in ("original_path", "edited_path")}
         for path, image in images:
-            self.store.write_image(path, image)
-        out = [rows[u.key] for u in batch.units]
+            if path in paths:
+                self.store.write_image(path, image)
         finished = time.time()
         for row in out:
             row.update(batch_started_at=started, batch_finished_at=finished)
-        self.store.write_shard(batch.key, out)
+        if redo is None:
+            self.store.write_shard(batch.key, out)
+        else:
+            self.store.update_shard(batch.key, out)
         return out
 
     def _compute_batch(self, batch: Batch) -> tuple[dict[str, dict[str, Any]], list[tuple[str, Any]]]:
@@ -256,8 +267,8 @@ class Worker:
                     torch.cuda.empty_cache()
                 if len(requests) > 1:
                     half = len(requests) // 2
-                    print(f"{log_prefix} out of memory on {len(requests)} units of batch {batch.key}; "
-                          f"retrying as {half} + {len(requests) - half}", flush=True)
+                    log.warning("out of memory on %d units of batch %s; retrying as %d + %d", len(requests),
+                                batch.key, half, len(requests) - half)
                     tag = f"out-of-memory: batch split to {half}"
                     return {**self._attempt(batch, instance, backbone, state, requests[:half], tag),
                             **self._attempt(batch, instance, backbone, state, requests[half:], tag)}
@@ -265,8 +276,9 @@ class Worker:
                 break
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                print(f"{log_prefix} {batch.method} batch {batch.key} ({len(requests)} units) attempt "
-                      f"{attempt + 1}/{attempts} failed: {error}\n{traceback.format_exc(limit=3)}", flush=True)
+                log.info("%s batch %s (%d units) attempt %d/%d failed: %s", batch.method, batch.key, len(requests),
+                         attempt + 1, attempts, error)
+                log.debug("traceback", exc_info=True)
         if len(requests) > 1:
             # Find the unit(s) at fault instead of failing the whole batch.
             out: dict[str, tuple[Any, str | None, float, str]] = {}

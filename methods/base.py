@@ -7,7 +7,8 @@ A method is one module in `methods/` with a class like:
         families = ("text",)                  # model families it is defined for
         Options = MyOptions                   # frozen dataclass; the config's `options:` are validated into it
         def prepare(self, backbone, ctx):     # optional, once per (model, suite): learn directions, train an MLP
-            return {"direction": tensor}      # cached by the harness as an artifact keyed by a hash of its inputs
+            return {"direction": tensor}      # cached as an artifact keyed by a hash of its inputs; overriding
+                                              # `prepare` is what makes the harness run it (needs_prepare)
         def edit(self, backbone, state, requests, sampler):
             return [EditOutput(original=..., edited=...) for r in requests]
 
@@ -72,7 +73,18 @@ class EditMethod:
     families: ClassVar[tuple[str, ...]] = ("unconditional", "text")
     Options: ClassVar[type] = NoOptions
     needs_prepare: ClassVar[bool] = False
-    """True when `prepare` learns something (directions, an MLP) worth caching."""
+    """Derived, not declared: True exactly when the class overrides `prepare`. A declared value could be
+    forgotten, and then `prepare` never ran and `edit` failed on a missing state key (see __init_subclass__)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overrides = cls.prepare is not EditMethod.prepare
+        declared = cls.__dict__.get("needs_prepare")
+        if declared is not None and bool(declared) != overrides:
+            raise TypeError(f"{cls.__qualname__}.needs_prepare = {declared!r}, but the class "
+                            f"{'overrides' if overrides else 'does not override'} `prepare`; "
+                            "remove the line (it is derived from whether `prepare` is overridden)")
+        cls.needs_prepare = overrides
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

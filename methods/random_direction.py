@@ -28,7 +28,6 @@ class RandomDirectionOptions:
 @register_method("random-direction")
 class RandomDirection(EditMethod):
     Options = RandomDirectionOptions
-    needs_prepare = True
 
     def prepare(self, backbone: Backbone, ctx: PrepareContext) -> dict:
         g = torch.Generator().manual_seed(ctx.seed)

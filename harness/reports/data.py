@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-import yaml
 
-from harness.errors import HarnessError
 from harness.store import ROW_COLUMNS, RunStore
 
 PROVENANCE = ("implementation", "library_version", "backbone", "weights_sha256", "resize", "metric_version")
@@ -53,15 +51,35 @@ def read_shards(shard_dir: Path) -> pd.DataFrame:
 
 def load_run(run_dir: str | Path) -> RunData:
     store = RunStore(Path(run_dir))
-    if not store.exists():
-        raise HarnessError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = store.read_config()
     rows = read_shards(store.shard_dir)
-    manifest = json.loads(store.manifest_path.read_text()) if store.manifest_path.is_file() else {}
-    return RunData(name=store.root.name, root=store.root, rows=rows,
-                   per_image=_read_parquet(store.root / "metrics" / "per_image.parquet"),
-                   aggregates=_read_parquet(store.root / "metrics" / "aggregates.parquet"),
-                   manifest=manifest, config=yaml.safe_load(store.config_path.read_text()) or {})
+    per_image, aggregates = _current_metrics(rows, _read_parquet(store.root / "metrics" / "per_image.parquet"),
+                                             _read_parquet(store.root / "metrics" / "aggregates.parquet"))
+    return RunData(name=store.root.name, root=store.root, rows=rows, per_image=per_image, aggregates=aggregates,
+                   manifest=store.manifest(), config=config)
 
+
+def _current_metrics(rows: pd.DataFrame, per_image: pd.DataFrame, aggregates: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The metric tables restricted to units that have a done row now.
+
+    The tables are written at the end of a metrics stage; rows can disappear afterwards (an unreadable shard
+    is not read, and is set aside by the next run), and a report must not average units it does not count.
+    A group aggregate (FID/KID) computed over such a unit cannot be recomputed here, so it is dropped: the
+    cell stays empty until `harness metrics RUN` recomputes it."""
+    if not len(per_image) or "unit_key" not in per_image.columns:
+        return per_image, aggregates
+    done = set(rows.loc[rows["status"] == "done", "unit_key"])
+    stale = ~per_image["unit_key"].isin(done)
+    if not stale.any():
+        return per_image, aggregates
+    from metrics.fid_stage import GROUP_KEYS
+
+    keys = [k for k in GROUP_KEYS if k in per_image.columns and k in aggregates.columns]
+    if len(aggregates) and keys:
+        gone = per_image.loc[stale, keys].drop_duplicates()
+        hit = aggregates[keys].merge(gone.assign(_stale=True), on=keys, how="left")["_stale"].notna().to_numpy()
+        aggregates = aggregates[~hit].reset_index(drop=True)
+    return per_image[~stale].reset_index(drop=True), aggregates
 
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
     runs = [load_run(d) for d in run_dirs]

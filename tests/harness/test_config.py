@@ -30,6 +30,18 @@ BAD = {
                               "methods[random-direction].options.scal"),
     "nan strength": ({"strengths": [float("nan")]}, "strengths[0]"),
     "bad executor kind": ({"executor": {"kind": "slurm"}}, "executor.kind"),
+    # A grid of 0 units is a mistake, not a successful run.
+    "empty seeds": ({"seeds": []}, "seeds"),
+    "empty strengths": ({"strengths": []}, "strengths"),
+    "empty method strengths": ({"methods": [{"name": "random-direction", "strengths": []}]},
+                               "methods[random-direction].strengths"),
+    # What would fail every unit is refused before any work.
+    "nan method option": ({"methods": [{"name": "random-direction", "options": {"scale": float("nan")}}]},
+                          "methods[random-direction].options.scale"),
+    "inf method option": ({"methods": [{"name": "random-direction", "options": {"scale": float("inf")}}]},
+                          "methods[random-direction].options.scale"),
+    "steps beyond the scheduler": ({"sampler": {"num_steps": 1000}}, "sampler.num_steps"),
+    "output_dir leaving the project": ({"output_dir": "../../x"}, "output_dir"),
 }
 
 
@@ -80,3 +92,23 @@ def test_method_family_mismatch_is_a_config_error(tmp_path) -> None:
     cfg = run_config_from_dict(tiny_run(tmp_path, models=["tiny-unet"], methods=[{"name": "sd"}]))
     with pytest.raises(ConfigError, match="family"):
         plan(cfg)
+
+
+def test_most_steps_the_scheduler_can_index_are_accepted(tmp_path) -> None:
+    """1000 training timesteps with steps_offset 1: 999 DDIM steps index t <= 999, 1000 would index t = 1000."""
+    from harness.models import max_sampling_steps, resolve_model
+    from harness.runner import plan
+
+    assert max_sampling_steps(resolve_model("tiny-unet")) == 999
+    assert max_sampling_steps(resolve_model("world-ddpm")) == 999
+    plan(run_config_from_dict(tiny_run(tmp_path, sampler={"num_steps": 999})))
+
+
+def test_relative_output_dir_is_resolved_from_the_project_not_the_current_directory(tmp_path, monkeypatch) -> None:
+    from harness.config import REPO_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    cfg = run_config_from_dict(tiny_run(tmp_path, output_dir="results/sub"))
+    assert cfg.run_dir == REPO_ROOT / "results" / "sub" / "t"
+    absolute = run_config_from_dict(tiny_run(tmp_path, output_dir=str(tmp_path / "elsewhere")))
+    assert absolute.run_dir == tmp_path / "elsewhere" / "t"

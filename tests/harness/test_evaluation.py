@@ -83,3 +83,56 @@ def test_metrics_sharded_over_ray_workers_equal_the_in_process_tables(ray_sessio
                         agg.sort_values(["attribute", "strength", "metric"]).reset_index(drop=True))
     pd.testing.assert_frame_equal(tables["ray"][0], tables["inprocess"][0])
     pd.testing.assert_frame_equal(tables["ray"][1], tables["inprocess"][1], check_exact=False, rtol=1e-9)
+
+
+def test_metrics_of_a_run_interrupted_before_its_metrics_stage(tmp_path, capsys, monkeypatch) -> None:
+    """The run's `metrics:` section is saved before any work: `harness metrics` uses it, not Inception's defaults;
+    on a run still in progress it says so."""
+    import harness.evaluation
+    from harness.store import RunStore
+
+    path = small(tmp_path, **SUBSTITUTES)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(harness.evaluation, "run_metrics", interrupted)
+        assert main(["run", str(path), "--executor", "inprocess", "--no-progress"]) == 130
+    run_dir = tmp_path / "out" / "m"
+    assert not (run_dir / "metrics" / "per_image.parquet").exists()
+    with RunStore(run_dir).lock():  # a driver still holds the run
+        assert main(["metrics", str(run_dir)]) == 2
+        assert "still running" in capsys.readouterr().err
+    assert main(["metrics", str(run_dir)]) == 0
+    per_image = pd.read_parquet(run_dir / "metrics" / "per_image.parquet")
+    assert (per_image[per_image.metric == "lpips"].backbone == "lpips-squeeze-random").all()
+
+
+def test_reports_count_only_units_whose_rows_exist_and_status_changes_nothing(tmp_path, capsys) -> None:
+    """A shard cut short after the metrics stage: status is read-only and says so, the report's metric cells
+    average only the units it counts, and the next run sets the shard aside (logged) and redoes its batch."""
+    from harness.reports import build_leaderboard, load_runs
+
+    path = small(tmp_path, **SUBSTITUTES)
+    assert main(["run", str(path), "--executor", "inprocess", "--no-progress"]) == 0
+    run_dir = tmp_path / "out" / "m"
+    shard = sorted((run_dir / "shards").glob("*.parquet"))[0]
+    lost = set(pd.read_parquet(shard).unit_key)
+    shard.write_bytes(shard.read_bytes()[:100])
+    listing = sorted(p.name for p in run_dir.rglob("*"))
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    assert "unreadable shard" in capsys.readouterr().out
+    assert main(["report", str(run_dir), "--format", "csv"]) == 0
+    assert sorted(p.name for p in (run_dir).rglob("*")) == listing and shard.read_bytes()[:100] == shard.read_bytes()
+    board = build_leaderboard(load_runs([run_dir])).to_frame().iloc[0]
+    per_image = pd.read_parquet(run_dir / "metrics" / "per_image.parquet")
+    kept = per_image[(per_image.metric == "lpips") & ~per_image.unit_key.isin(lost)]
+    assert (board["units"], board["done"]) == (2, 2)
+    assert board["lpips"] == pytest.approx(kept.groupby("seed")["value"].mean().mean())
+    assert pd.isna(board.get("fid"))  # computed over the lost units too: not shown until recomputed
+    assert main(["run", str(path), "--executor", "inprocess", "--no-progress"]) == 0
+    assert "unreadable: set aside" in capsys.readouterr().err
+    assert shard.with_suffix(".corrupt").exists()
+    assert len(load_runs([run_dir])[0].rows) == 4

@@ -103,6 +103,7 @@ def test_second_job_per_worker_only_while_every_worker_can_get_one() -> None:
     ex = RayExecutor.__new__(RayExecutor)  # the dispatch policy alone, no Ray
     a, b = object(), object()
     ex.actors = [a, b]
+    ex.ready = {id(a), id(b)}
     assert ex._next_actor({}, 2, 5) is a
     in_flight = {1: (a, None, 0.0), 2: (b, None, 0.0)}
     assert ex._next_actor(in_flight, 2, 2) is a  # enough queued for both: prefetch on the least loaded
@@ -112,6 +113,19 @@ def test_second_job_per_worker_only_while_every_worker_can_get_one() -> None:
     assert ex._next_actor(in_flight, 2, 5) is b
     in_flight[4] = (b, None, 0.0)
     assert ex._next_actor(in_flight, 2, 5) is None
+
+
+def test_work_goes_only_to_workers_that_have_started() -> None:
+    """A replacement the cluster has no room for (a node was lost) must not be handed jobs it never runs."""
+    from harness.executors.ray_executor import RayExecutor
+
+    ex = RayExecutor.__new__(RayExecutor)
+    survivor, pending = object(), object()
+    ex.actors, ex.ready = [pending, survivor], {id(survivor)}
+    assert ex._next_actor({}, 2, 5) is survivor
+    assert ex._next_actor({1: (survivor, None, 0.0)}, 2, 5) is survivor  # the queue is its alone: prefetch
+    ex.ready = set()
+    assert ex._next_actor({}, 2, 5) is None
 
 
 def test_rerun_after_a_checkpoint_changed_is_refused(tmp_path, monkeypatch) -> None:
@@ -127,3 +141,85 @@ def test_rerun_after_a_checkpoint_changed_is_refused(tmp_path, monkeypatch) -> N
     monkeypatch.setattr(runner, "model_fingerprint", lambda spec: "retrained-weights")
     with pytest.raises(HarnessError, match="retrained-weights"):
         execute(plan(run_config_from_dict(raw)), progress=False)
+
+
+def test_readme_method_example_is_the_module_complete() -> None:
+    """The README's example is methods/random_direction.py itself (imports included), docstring aside."""
+    import methods.random_direction as module
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("`methods/random_direction.py`, complete", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    source = Path(module.__file__).read_text()
+    body = source[source.index('"""', 3) + 3:].lstrip("\n")
+    assert block == body
+
+
+def test_method_that_overrides_prepare_is_prepared_without_a_flag(tmp_path) -> None:
+    """needs_prepare is derived from the override: forgetting a flag cannot leave `edit` without its state."""
+    import torch
+
+    from methods.base import EditMethod, EditOutput, register_method
+
+    @register_method("test-prepared")
+    class Prepared(EditMethod):
+        def prepare(self, backbone, ctx):
+            return {"level": 0.25}
+
+        def edit(self, backbone, state, requests, sampler):
+            image = torch.full((3, backbone.resolution, backbone.resolution), state["level"])
+            return [EditOutput(image, image + 0.5) for _ in requests]
+
+    assert Prepared.needs_prepare
+    raw = tiny_run(tmp_path, run_id="prep", models=["tiny-unet"], seeds=1, methods=[{"name": "test-prepared"}])
+    summary = execute(plan(run_config_from_dict(raw)), progress=False)
+    rows = RunStore(Path(summary.run_dir)).read_rows()
+    assert summary.done == summary.units == 2, rows["error"].tolist()
+
+
+def test_a_needs_prepare_flag_contradicting_the_override_is_refused() -> None:
+    from methods.base import EditMethod
+
+    with pytest.raises(TypeError, match="needs_prepare"):
+        class Flagged(EditMethod):
+            needs_prepare = True  # but no prepare: the harness would cache an empty state for nothing
+
+
+PLUGIN = '''
+import torch
+
+from methods.base import EditMethod, EditOutput, register_method
+
+
+@register_method("test-code-change")
+class Flat(EditMethod):
+    families = ("unconditional",)
+
+    def edit(self, backbone, state, requests, sampler):
+        image = torch.full((3, backbone.resolution, backbone.resolution), {level})
+        return [EditOutput(image, image) for _ in requests]
+'''
+
+
+def test_changed_method_code_is_refused_naming_the_module(tmp_path, monkeypatch) -> None:
+    """Editing a method's code without bumping `version` must not resume the run with the old images as done."""
+    import importlib
+
+    from harness.errors import HarnessError
+
+    module = tmp_path / "lc_code_change_method.py"
+    module.write_text(PLUGIN.format(level=0.25))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("lc_code_change_method")
+    raw = tiny_run(tmp_path, run_id="code", models=["tiny-unet"], seeds=1, methods=[{"name": "test-code-change"}])
+    assert execute(plan(run_config_from_dict(raw)), progress=False).done == 2
+    assert str(module) in (Path(tmp_path) / "code" / "config.yaml").read_text()
+    module.write_text(PLUGIN.format(level=0.625))  # the edit; `version` stays 1
+    with pytest.raises(HarnessError) as refused:
+        execute(plan(run_config_from_dict(raw)), progress=False)
+    message = str(refused.value)
+    assert f"{module} (test-code-change)" in message and "--accept-code-change" in message and "run_id" in message
+    assert f"-  {module}:" in message  # the diff names the module
+    summary = execute(plan(run_config_from_dict(raw)), progress=False, accept_code_change=True)
+    assert summary.done == 2
+    amendment = RunStore(Path(summary.run_dir)).manifest()["amendments"][0]["changed"]["code_fingerprints"]
+    assert list(amendment) == [str(module)]

@@ -105,20 +105,37 @@ def test_nan_image_is_a_failed_unit_with_reason(tmp_path) -> None:
     assert (rows[rows.strength == 0].status == "done").all()
 
 
-def test_empty_and_too_long_prompts_fail_their_units_only(tmp_path) -> None:
+def _prompt_suite(tmp_path: Path, *prompts: tuple[str, str]) -> Path:
     suite = tmp_path / "bad_prompts.yaml"
     suite.write_text(yaml.safe_dump({
         "name": "bad_prompts", "version": 1, "attributes": {"a": {"positive": "p", "negative": "n"}},
-        "items": [{"id": "ok", "attribute": "a", "prompt": "a red circle", "target_prompt": "a blue circle"},
-                  {"id": "empty", "attribute": "a", "prompt": "  ", "target_prompt": "x"},
-                  {"id": "long", "attribute": "a", "prompt": "circle " * 100, "target_prompt": "x"}]}))
+        "items": [{"id": i, "attribute": "a", "prompt": p, "target_prompt": "a blue circle"} for i, p in prompts]}))
+    return suite
+
+
+def test_too_long_prompt_fails_its_unit_only(tmp_path) -> None:
+    suite = _prompt_suite(tmp_path, ("ok", "a red circle"), ("long", "circle " * 100))
     raw = tiny_run(tmp_path, run_id="prompts", models=["tiny-sd"], suites=[str(suite)], items=None, seeds=1,
-                   methods=[{"name": "sd"}], executor={"kind": "inprocess", "batch_size": 3})
+                   methods=[{"name": "sd"}], executor={"kind": "inprocess", "batch_size": 2})
     store, summary = run(raw)
-    rows = assert_exactly_once(store, 3).set_index("item_id")
+    rows = assert_exactly_once(store, 2).set_index("item_id")
     assert rows.loc["ok", "status"] == "done"
-    assert "empty prompt" in rows.loc["empty", "error"]
     assert "longer than the text encoder" in rows.loc["long", "error"]
+
+
+def test_empty_prompt_is_refused_before_any_work(tmp_path, capsys) -> None:
+    """Every unit of the item would fail: refused up front, naming the suite item (exit 2, nothing written)."""
+    from harness.cli import main
+
+    suite = _prompt_suite(tmp_path, ("ok", "a red circle"), ("empty", "  "))
+    raw = tiny_run(tmp_path / "out", run_id="prompts", models=["tiny-sd"], suites=[str(suite)], items=None, seeds=1,
+                   methods=[{"name": "sd"}])
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "items[empty].prompt" in err[0] and "allowed" in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_truncated_shard_is_redone(tmp_path, undisturbed) -> None:
@@ -171,6 +188,13 @@ def test_hung_unit_times_out_and_is_recorded(ray_session, tmp_path, undisturbed,
     assert victim in set(timed_out.unit_key) and timed_out.error.str.contains("timed out").all()
     assert (rows.status == "done").sum() >= 2
     assert_done_images_match(store, undisturbed)
+    # A timed-out unit is not final either: once the cause is gone, --retry-failed redoes it.
+    monkeypatch.delenv("HARNESS_FAULTS")
+    raw = small(tmp_path, "hang", kind="ray", num_workers=1, unit_timeout_s=30.0)
+    summary = execute(plan(run_config_from_dict(raw)), progress=False, retry_failed=True)
+    assert summary.retried == len(timed_out) and summary.failed == 0
+    assert (assert_exactly_once(store).status == "done").all()
+    assert images(store) == images(undisturbed)
 
 
 def test_verify_reports_identical_and_tampered_images(tmp_path, undisturbed, capsys) -> None:
@@ -186,3 +210,32 @@ def test_verify_reports_identical_and_tampered_images(tmp_path, undisturbed, cap
     victim.write_bytes(victim.read_bytes()[:-20] + b"\0" * 20)
     assert main(["verify", str(copy), "--sample", "2"]) == 1
     assert victim.name in capsys.readouterr().out
+
+
+def test_failed_units_are_retried_exactly_with_retry_failed(tmp_path, undisturbed, undisturbed_batch1, monkeypatch,
+                                                           capsys) -> None:
+    """A failed unit is not final: --retry-failed redoes it (in its batch, so with the undisturbed run's bytes) and
+    leaves its batch-mate's row and images as they were; a plain re-run does nothing and still reports it."""
+    from harness.cli import main
+
+    bad = undisturbed.read_rows()["unit_key"].iloc[0]
+    monkeypatch.setenv("HARNESS_FAULTS", json.dumps({"raise_on": [bad]}))
+    raw = small(tmp_path, "retry")
+    store, summary = run(raw)
+    assert summary.failed == 1
+    monkeypatch.delenv("HARNESS_FAULTS")  # the transient cause is gone
+    assert main(["status", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "failed units by reason (1)" in out and "injected fault" in out and "--retry-failed" in out
+    _, again = run(raw)
+    assert again.failed == 1 and again.retried == 0 and again.executor.startswith("none")
+    before = store.read_rows().set_index("unit_key")
+    mate = before.loc[(before.batch_key == before.loc[bad, "batch_key"]) & (before.index != bad)].iloc[0]
+    mate_files = {c: (store.root / mate[c]).stat().st_mtime_ns for c in ("original_path", "edited_path")}
+    summary = execute(plan(run_config_from_dict(raw)), progress=False, retry_failed=True)
+    assert (summary.retried, summary.done, summary.failed) == (1, 4, 0)
+    rows = assert_exactly_once(store).set_index("unit_key")
+    pd_mate = rows.loc[mate.name]
+    assert pd_mate["info"] == mate["info"] and pd_mate["batch_started_at"] == mate["batch_started_at"]
+    assert {c: (store.root / mate[c]).stat().st_mtime_ns for c in mate_files} == mate_files
+    assert_done_images_match(store, undisturbed, undisturbed_batch1)  # the retried unit: undisturbed bytes

@@ -15,6 +15,31 @@ def test_changed_config_is_refused_with_a_diff(tmp_path) -> None:
     assert "-b: 2" in str(err.value) and "+b: 3" in str(err.value)
 
 
+def test_damaged_config_and_manifest_are_one_clear_error(tmp_path) -> None:
+    store = RunStore(tmp_path / "r")
+    store.initialise({"a": 1})
+    store.manifest_path.write_text("{not json")
+    with pytest.raises(HarnessError, match="manifest.json is damaged.*restore it"):
+        store.manifest()
+    store.config_path.write_text("- just\n- a list\n")
+    with pytest.raises(HarnessError, match="config.yaml is damaged"):
+        store.read_config()
+    with pytest.raises(HarnessError, match="config.yaml is damaged"):
+        store.initialise({"a": 1})
+
+
+def test_amendable_keys_are_rewritten_and_recorded(tmp_path) -> None:
+    store = RunStore(tmp_path / "r")
+    store.initialise({"a": 1, "code": {"m.py": "old", "h.py": "same"}})
+    with pytest.raises(HarnessError, match="code"):
+        store.initialise({"a": 1, "code": {"m.py": "new", "h.py": "same"}})
+    store.initialise({"a": 1, "code": {"m.py": "new", "h.py": "same"}}, amendable=("code",))
+    assert "new" in store.config_path.read_text()
+    assert store.manifest()["amendments"][0]["changed"] == {"code": {"m.py": ["old", "new"]}}
+    with pytest.raises(HarnessError, match="different config"):  # other keys never
+        store.initialise({"a": 2, "code": {"m.py": "new", "h.py": "same"}}, amendable=("code",))
+
+
 def test_second_lock_is_refused(tmp_path) -> None:
     store = RunStore(tmp_path / "r")
     with store.lock():
@@ -25,15 +50,18 @@ def test_second_lock_is_refused(tmp_path) -> None:
         pass
 
 
-def test_truncated_shard_is_detected_and_set_aside(tmp_path) -> None:
+def test_truncated_shard_is_detected_read_only_and_set_aside_by_repair(tmp_path) -> None:
     store = RunStore(tmp_path / "r")
     store.write_shard("good", [{"unit_key": "u1", "status": "done"}])
     store.write_shard("bad", [{"unit_key": "u2", "status": "done"}])
     data = store.shard_path("bad").read_bytes()
     store.shard_path("bad").write_bytes(data[: len(data) // 2])
     assert store.done_batches() == {"good"}
-    assert (store.shard_dir / "bad.corrupt").exists()
     assert list(store.read_rows()["unit_key"]) == ["u1"]
+    assert store.corrupt_shards() == [store.shard_path("bad")]
+    assert store.shard_path("bad").read_bytes() == data[: len(data) // 2]  # reading changed nothing
+    assert store.repair() == [store.shard_dir / "bad.corrupt"]  # what `harness run` does, and logs
+    assert not store.shard_path("bad").exists() and store.corrupt_shards() == []
 
 
 def test_atomic_writes_leave_no_temporary_files(tmp_path) -> None:
