@@ -168,11 +168,17 @@ def fid_aggregates(done: pd.DataFrame, run_dir: Path, config: MetricsConfig, ref
         return frame
     kid_rows = []
     for (key, (e, o, _)), fid_row in zip(sorted(feats.items(), key=lambda kv: str(kv[0])), frame.to_dict("records")):
-        ref = folder.features if folder else o
+        # Against the originals, edit i is paired with original i: the paired estimator drops those terms.
+        ref, paired = (folder.features, False) if folder else (o, True)
         size = min(f.kid_subset_size, len(e), len(ref))
-        warn = f"kid_subset_size reduced from {f.kid_subset_size} to {size}" if size < f.kid_subset_size else ""
-        mean, std = kid(e, ref, f.kid_subsets, size) if size >= 2 else (float("nan"), float("nan"))
+        warn = ""
+        if size < f.kid_subset_size:
+            whole = size == len(e) == len(ref)
+            warn = (f"n={len(e)}, n_ref={len(ref)} < kid_subset_size {f.kid_subset_size}: "
+                    + ("one estimate on all images, no subset std" if whole else f"subsets of {size}"))
+        mean, std = kid(e, ref, f.kid_subsets, size, paired=paired) if size >= 2 else (float("nan"), float("nan"))
+        estimator = "paired terms excluded" if paired else "all cross pairs"
         kid_rows.append({**fid_row, "metric": "kid", "value": mean, "std": std, "warning": warn,
-                         "implementation": f"poly3 unbiased MMD, {f.kid_subsets} subsets of {size}, seed 0; "
-                                           f"features: {backbone.implementation}"})
+                         "implementation": f"poly3 unbiased MMD ({estimator}), {f.kid_subsets} subsets of {size}, "
+                                           f"seed 0; features: {backbone.implementation}"})
     return pd.concat([frame, pd.DataFrame(kid_rows)], ignore_index=True)
