@@ -34,7 +34,10 @@ ROW_COLUMNS = (
     "item_id", "attribute", "prompt", "target_prompt", "strength", "seed", "noise_seed", "status", "error",
     "original_path", "edited_path", "input_path", "edit_seconds",
     "batch_started_at", "batch_finished_at", "prepare_seconds", "prepare_key", "device", "worker", "info",
+    "inversion_seconds", "inversion_key", "compile_seconds",
 )
+ADDED_ROW_COLUMNS = ("inversion_seconds", "inversion_key", "compile_seconds")
+"""Columns newer than some stored shards: a shard without them is still valid (read as missing values)."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -254,7 +257,7 @@ class RunStore:
 
         try:
             schema = pq.read_schema(path)
-            return set(ROW_COLUMNS) <= set(schema.names)
+            return set(ROW_COLUMNS) - set(ADDED_ROW_COLUMNS) <= set(schema.names)
         except Exception:  # truncated or foreign files: their batch is redone
             return False
 

@@ -133,8 +133,12 @@ class Worker:
         art = self._states[key]
         return art["state"], float(art["seconds"])
 
-    def _real_image_start(self, backbone: Any, item: Any, transform: str) -> tuple[torch.Tensor, str]:
-        """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule."""
+    def _real_image_start(self, backbone: Any, item: Any, transform: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule.
+
+        Returns x_T and the row fields: input_path, and the inversion's time and cache key (paid once per
+        image, whichever unit ran it first; the runtime summary counts each key once).
+        """
         from harness.diffusion import Schedule, ddim_invert, make_condition
         from harness.hashing import stable_hash
         from harness.images import load_image
@@ -149,11 +153,17 @@ class Worker:
         cached = self.store.load_artifact(key)
         if cached is None:
             # Guidance 1 (the caption alone) for inversion, as is standard: CFG breaks the ODE's reversibility.
+            self._sync()
+            start = time.perf_counter()
             cond = make_condition(backbone, [item.prompt], 1.0)
             x0 = backbone.encode(image[None].to(backbone.device))
-            cached = {"x_T": ddim_invert(backbone, x0, Schedule.from_backbone(backbone, sampler.num_steps), cond).cpu()}
+            x_T = ddim_invert(backbone, x0, Schedule.from_backbone(backbone, sampler.num_steps), cond).cpu()
+            cached = {"x_T": x_T, "seconds": time.perf_counter() - start}
             self.store.save_artifact(key, cached)
-        return cached["x_T"][0], input_path
+        # Artifacts written before the time was recorded have none: NaN, not a made-up 0.
+        fields = {"input_path": input_path, "inversion_key": key,
+                  "inversion_seconds": float(cached.get("seconds", math.nan))}
+        return cached["x_T"][0], fields
 
     def _input_error(self, backbone: Any, item: Any) -> str | None:
         if backbone.family != "text":
@@ -213,7 +223,8 @@ class Worker:
             x_T = None
             if not error and item.image:
                 try:
-                    x_T, rows[unit.key]["input_path"] = self._real_image_start(backbone, item, suite.image_transform)
+                    x_T, fields = self._real_image_start(backbone, item, suite.image_transform)
+                    rows[unit.key].update(fields)
                 except Exception as exc:  # unreadable or wrongly sized files fail their unit only
                     error = f"{type(exc).__name__}: {exc}"
             if error:
@@ -229,7 +240,7 @@ class Worker:
         images = []
         for request in requests:
             row = rows[request.unit_key]
-            output, error, seconds, note = results[request.unit_key]
+            output, error, seconds, note, compile_s = results[request.unit_key]
             if output is None:
                 row.update(status="failed", error=error)
                 continue
@@ -238,16 +249,19 @@ class Worker:
                 continue
             images += [(row["original_path"], to_uint8(output.original)), (row["edited_path"], to_uint8(output.edited))]
             info = dict(output.info, **({"recovery": note} if note else {}))
-            row.update(status="done", edit_seconds=seconds, info=_info_json(info))
+            row.update(status="done", edit_seconds=seconds, compile_seconds=compile_s, info=_info_json(info))
         return images
 
     def _attempt(self, batch: Batch, instance: Any, backbone: Any, state: dict, requests: list,
-                 note: str = "") -> dict[str, tuple[Any, str | None, float, str]]:
+                 note: str = "") -> dict[str, tuple[Any, str | None, float, str, float]]:
         """Edit with bounded retries; out-of-memory halves the batch; a persistent failure is isolated per unit.
 
-        Returns unit_key -> (output or None, error, seconds per image, recovery note).
+        Returns unit_key -> (output or None, error, seconds per image, recovery note, compile seconds per image).
+        With executor.compile, the calls that compiled a new shape are timed apart (CompileTimer) and taken out
+        of the edit time, so the first batch of each shape is not charged for the compiler.
         """
         from harness import faults
+        from harness.diffusion.compile import compile_seconds
 
         attempts = self.config.executor.max_retries + 1
         error = ""
@@ -255,13 +269,16 @@ class Worker:
             try:
                 faults.before_edit([r.unit_key for r in requests], self.store.root)
                 self._sync()
+                compiled_before = compile_seconds(backbone)
                 start = time.perf_counter()
                 outputs = instance.edit(backbone, state, requests, self.config.sampler)
                 self._sync()
-                seconds = (time.perf_counter() - start) / len(requests)
+                compile_s = compile_seconds(backbone) - compiled_before
+                seconds = (time.perf_counter() - start - compile_s) / len(requests)
                 if len(outputs) != len(requests):
                     raise RuntimeError(f"method returned {len(outputs)} outputs for {len(requests)} requests")
-                return {r.unit_key: (o, None, seconds, note) for r, o in zip(requests, outputs)}
+                return {r.unit_key: (o, None, seconds, note, compile_s / len(requests))
+                        for r, o in zip(requests, outputs)}
             except torch.OutOfMemoryError as exc:
                 if self.device == "cuda":
                     torch.cuda.empty_cache()
@@ -281,11 +298,11 @@ class Worker:
                 log.debug("traceback", exc_info=True)
         if len(requests) > 1:
             # Find the unit(s) at fault instead of failing the whole batch.
-            out: dict[str, tuple[Any, str | None, float, str]] = {}
+            out: dict[str, tuple[Any, str | None, float, str, float]] = {}
             for r in requests:
                 out.update(self._attempt(batch, instance, backbone, state, [r], "isolated after batch failure"))
             return out
-        return {requests[0].unit_key: (None, error, math.nan, note)}
+        return {requests[0].unit_key: (None, error, math.nan, note, 0.0)}
 
     def _row(self, batch: Batch, unit: Any, item: Any, method: Any, prep_seconds: float) -> dict[str, Any]:
         return unit_row(self.config, batch, unit, item, method, prep_seconds, self.device_name, self.worker_id)
@@ -307,7 +324,7 @@ def unit_row(config: RunConfig, batch: Batch, unit: Any, item: Any, method: Any,
         "original_path": f"{base}.orig.png", "edited_path": f"{base}.edit.png", "input_path": None,
         "edit_seconds": math.nan, "batch_started_at": math.nan, "batch_finished_at": math.nan,
         "prepare_seconds": prep_seconds, "prepare_key": batch.prepare_key, "device": device,
-        "worker": worker, "info": None,
+        "worker": worker, "info": None, "inversion_seconds": 0.0, "inversion_key": None, "compile_seconds": 0.0,
     }
 
 

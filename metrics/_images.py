@@ -1,6 +1,7 @@
 """Reading the PNGs a run wrote: content hashes, header-only shapes, decoding in equal-shape batches."""
 from __future__ import annotations
 
+import io
 from itertools import groupby
 from pathlib import Path
 from typing import Hashable, Sequence
@@ -19,6 +20,7 @@ class ImageStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._info: dict[str, tuple[str, tuple[int, int]]] = {}
+        self._checked: set[str] = set()
 
     def _path(self, rel: str) -> Path:
         return self.root / rel
@@ -37,6 +39,28 @@ class ImageStore:
 
     def sha(self, rel: str) -> str:
         return self.info(rel)[0]
+
+    def check(self, rel: str) -> tuple[int, int]:
+        """(H, W) of an image the metrics can decode; raises (missing, truncated, corrupt, not RGB) otherwise.
+
+        PIL's verify() reads every chunk and its CRC without decompressing: cheap, so every image is
+        checked before any metric runs. It is stricter than decoding (a PNG missing only its end chunk
+        decodes fine), so a file it rejects is decoded before being called bad.
+        """
+        if rel not in self._checked:
+            _, shape = self.info(rel)
+            data = self._path(rel).read_bytes()
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.verify()
+                    mode = im.mode
+                if mode != "RGB":
+                    raise ValueError(f"expected an 8-bit RGB image, got PIL mode {mode!r}")
+            except (OSError, SyntaxError):
+                decode_png_uint8(data, str(self._path(rel)))
+            self._checked.add(rel)
+            return shape
+        return self.info(rel)[1]
 
     def load_batch(self, rels: Sequence[str]) -> torch.Tensor:
         """uint8 (N, 3, H, W); all images in one batch must have the same size."""

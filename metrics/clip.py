@@ -23,6 +23,9 @@ from PIL import Image
 from harness.errors import ConfigError, MissingWeightsError
 from harness.registry import Registry
 from metrics._common import check_uint8_images, resolve_device, sha256_file, sha256_json, sha256_state_dict
+from metrics._stage import StageContext, StageOutput, cached_values, mean_aggregates, per_image_frame
+from metrics.provenance import Provenance
+from metrics.registry import MetricSpec, register_metrics
 
 # Seed 003 Table I prompts [paper]: attribute -> (positive, negative).
 TABLE_I_PROMPTS: dict[str, tuple[str, str]] = {
@@ -74,6 +77,22 @@ class CLIPScorer(ABC):
     @abstractmethod
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         """Texts -> raw text embeddings (N, d)."""
+
+    max_text_tokens: int | None = None
+    """Context length of the text tower: longer texts are truncated to it (CLIP: 77); None when unknown."""
+
+    def text_token_count(self, text: str) -> int | None:
+        """Tokens of `text` with the start and end tokens, before any truncation; None when unknown."""
+        return None
+
+    def truncation_notes(self, texts: Sequence[str]) -> list[str]:
+        """Per text: "" or a note that the text tower saw only its first max_text_tokens tokens."""
+        notes = []
+        for t in texts:
+            n = self.text_token_count(t) if self.max_text_tokens else None
+            notes.append(f"text truncated to {self.max_text_tokens} of its {n} tokens"
+                         if n is not None and n > self.max_text_tokens else "")
+        return notes
 
     @torch.no_grad()
     def image_embeddings(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -158,6 +177,7 @@ class OpenClipScorer(CLIPScorer):
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained)
         self.model = self.model.to(self.device).eval()
         self.tokenizer = open_clip.get_tokenizer(model)
+        self.max_text_tokens = int(getattr(self.tokenizer, "context_length", 0)) or None
         self.name, self.embed_dim = model, int(open_clip.get_model_config(model)["embed_dim"])
         self.weights_sha256 = sha256_file(pretrained) if pretrained else sha256_state_dict(self.model)
         steps = [repr(t) for t in getattr(self.preprocess, "transforms", [])
@@ -172,6 +192,10 @@ class OpenClipScorer(CLIPScorer):
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
+
+    def text_token_count(self, text: str) -> int | None:
+        encode = getattr(self.tokenizer, "encode", None)  # SimpleTokenizer: BPE ids without start/end tokens
+        return len(encode(text)) + 2 if encode is not None else None
 
 
 def tensor_feat_clip_class() -> type:
@@ -219,6 +243,7 @@ class HFClipScorer(CLIPScorer):
                        f"center_crop {dict(ip.crop_size)}" + (" (RANDOM WEIGHTS)" if random_weights else ""))
         self.name, self.embed_dim = path.name, int(self.model.config.projection_dim)
         self.max_len = int(self.model.config.text_config.max_position_embeddings)
+        self.max_text_tokens = self.max_len
         self.implementation, self.library_version = "transformers", version("transformers")
 
     def _image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -229,6 +254,9 @@ class HFClipScorer(CLIPScorer):
         tok = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_len)
         return self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
                                             attention_mask=tok["attention_mask"].to(self.device))
+
+    def text_token_count(self, text: str) -> int | None:
+        return len(self.processor.tokenizer(text, truncation=False)["input_ids"])
 
 
 _CLIP_MODELS: Registry[Callable[..., CLIPScorer]] = Registry("CLIP model", "metrics.clip.model")
@@ -252,3 +280,34 @@ def load_clip_scorer(backend: str, model: str, pretrained: str | None = None, mo
     if backend == "registered":
         return _CLIP_MODELS.get(model)(device=device, seed=seed)
     raise ConfigError("metrics.clip.backend", backend, CLIP_BACKENDS)
+
+
+# -- the metrics-stage step ----------------------------------------------------------------------------
+
+def _text_for(done: Any) -> list[str]:
+    """CLIP text: the target prompt, or the prompt when the target is empty."""
+    return [t if isinstance(t, str) and t.strip() else p for t, p in zip(done["target_prompt"], done["prompt"])]
+
+
+@register_metrics("clip_score", MetricSpec("clip_score", "per_image", "max", clamp_mean=True), order=10)
+def clip_score_stage(ctx: StageContext) -> StageOutput:
+    """Per-image 100·cos(edit, text); a text longer than the text tower's context is noted in the row's warning."""
+    if ctx.scorer is None or not ctx.config.clip.enabled or not len(ctx.done):
+        return StageOutput()
+    done, store, scorer = ctx.done, ctx.store, ctx.scorer
+    texts, rels = _text_for(done), list(done["edited_path"])
+    keys = [sha256_json([store.sha(r), t]) for r, t in zip(rels, texts)]
+    shapes = [store.info(r)[1] for r in rels]
+
+    def compute(b: list[int]) -> dict[str, np.ndarray]:
+        return {"clip_score": scorer.clip_scores(store.load_batch([rels[i] for i in b]), [texts[i] for i in b]).numpy()}
+
+    prov = Provenance.of("clip_score", scorer)
+    values = cached_values(done, ["clip_score"], prov, keys, shapes, compute, ctx.config.clip.batch_size, ctx.cache)
+    per = per_image_frame(done, values, prov)
+    notes = scorer.truncation_notes(texts)
+    per["warning"] = notes
+    for u, note in zip(done["unit_key"], notes):
+        if note:  # the value stands (torchmetrics truncates too), but the group's aggregate says so
+            ctx.note("clip_score", u, f"clip_score: unit {u}: {note}")
+    return StageOutput(per, [mean_aggregates(per, "clip_score", ctx, clamp=True)])

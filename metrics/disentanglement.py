@@ -12,6 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metrics._common import sha256_json
+from metrics._stage import GROUP_KEYS, StageContext, StageOutput, cached_values, per_image_frame
+from metrics.provenance import Provenance
+from metrics.registry import MetricSpec, register_metrics
+
 AttributeScorer = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 SCORE_COLUMNS = ("edit", "repeat", "measured", "orig", "edited")
 
@@ -67,3 +72,64 @@ def disentanglement_matrix(scores: pd.DataFrame, signed: bool = False, ddof: int
 def to_matrix(cells: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
     """Pivot tidy cells into rows = applied edit, columns = measured attribute."""
     return cells.pivot(index="edit", columns="measured", values=value)
+
+
+# -- the metrics-stage step ----------------------------------------------------------------------------
+
+def zeroshot_per_image(ctx: StageContext, scorer: object) -> pd.DataFrame:
+    """s_a for every configured attribute on the original and the edited image of each unit."""
+    done, store, d = ctx.done, ctx.store, ctx.config.disentanglement
+    ed, og = list(done["edited_path"]), list(done["original_path"])
+    keys = [sha256_json([store.sha(o), store.sha(e)]) for e, o in zip(ed, og)]
+    shapes = [(store.info(e)[1], store.info(o)[1]) for e, o in zip(ed, og)]
+    names = [f"zeroshot:{a}:{role}" for a in scorer.prompts for role in ("original", "edited")]
+
+    def compute(b: list[int]) -> dict[str, np.ndarray]:
+        so, se = scorer(store.load_batch([og[i] for i in b])), scorer(store.load_batch([ed[i] for i in b]))
+        return {f"zeroshot:{a}:{r}": s[a].numpy()
+                for a in scorer.prompts for r, s in (("original", so), ("edited", se))}
+
+    base = Provenance.of("zeroshot", scorer.scorer)
+    prov = base.replace(implementation=f"{base.implementation} zero-shot logit_scale={scorer.logit_scale} "
+                                       f"prompts={sha256_json(scorer.prompts)[:12]}")
+    return per_image_frame(done, cached_values(done, names, prov, keys, shapes, compute, d.batch_size, ctx.cache),
+                           prov)
+
+
+def _disentanglement_aggregates(ctx: StageContext, zs: pd.DataFrame) -> pd.DataFrame:
+    from metrics.provenance import PROVENANCE_FIELDS, PROVENANCE_KEY
+
+    d, done = ctx.config.disentanglement, ctx.done
+    wide = zs.pivot(index="unit_key", columns="metric", values="value").loc[list(done["unit_key"])]
+    prov = zs.iloc[0][list(PROVENANCE_FIELDS) + [PROVENANCE_KEY]]
+    out = []
+    keys = [k for k in GROUP_KEYS if k != "attribute"]  # the applied edit becomes the table row
+    for key, g in done.groupby(keys, sort=True, dropna=False):
+        w = wide.loc[list(g["unit_key"])]
+        scores = scores_from_arrays(list(g["attribute"]), list(g[d.repeat_column]),
+                                    {a: w[f"zeroshot:{a}:original"] for a in d.prompts},
+                                    {a: w[f"zeroshot:{a}:edited"] for a in d.prompts})
+        cells = disentanglement_matrix(scores, signed=d.signed)
+        for c in cells.to_dict("records"):
+            out.append({**dict(zip(keys, key)), "attribute": c["edit"], "measured_attribute": c["measured"],
+                        "metric": "disentanglement_signed" if d.signed else "disentanglement", "value": c["mean"],
+                        "std": c["std"], "n": c["n_images"], "n_repeats": c["n_repeats"], "reference_hash": "",
+                        **prov.to_dict()})
+    return pd.DataFrame(out)
+
+
+@register_metrics(
+    "disentanglement",
+    MetricSpec("zeroshot:", "per_image", None, family=True, leaderboard=False),
+    MetricSpec("disentanglement", "group", None, leaderboard=False),
+    MetricSpec("disentanglement_signed", "group", None, leaderboard=False),
+    order=30)
+def disentanglement_stage(ctx: StageContext) -> StageOutput:
+    """Zero-shot attribute scores of originals and edits, and the (edit, measured attribute) matrix."""
+    from metrics.clip import ZeroShotAttributeScorer
+
+    d = ctx.config.disentanglement
+    if ctx.scorer is None or not d.enabled or not len(ctx.done):
+        return StageOutput()
+    zs = zeroshot_per_image(ctx, ZeroShotAttributeScorer(ctx.scorer, d.prompts, d.logit_scale))
+    return StageOutput(zs, [_disentanglement_aggregates(ctx, zs)])

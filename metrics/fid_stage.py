@@ -17,14 +17,16 @@ import pandas as pd
 from harness.errors import ConfigError
 from metrics._common import sha256_json
 from metrics._images import ImageStore, list_reference_images, shape_batches
+from metrics._stage import GROUP_KEYS, StageContext, StageOutput
 from metrics.backbones import Backbone, ImageEncoder, build_backbone
 from metrics.cache import FeatureCache
 from metrics.config import MetricsConfig
 from metrics.functional.fid import FeatureStats, features_to_stats, fid_from_stats, kid, merge_stats
 from metrics.provenance import Provenance
+from metrics.registry import MetricSpec, register_metrics
 
-GROUP_KEYS = ("method", "model", "suite", "attribute", "strength")
 GroupKey = tuple
+ORIGINALS_REFERENCE = "originals of each group (the unedited samples of the same units)"
 
 
 def build_fid_backbone(config: MetricsConfig, clip_encoder: ImageEncoder | None = None) -> Backbone:
@@ -101,6 +103,24 @@ class FolderReference:
     reference_hash: str
     skipped: str = ""
     """Files left out (unreadable, or not the folder's common size), named in every FID row's warning."""
+    size: tuple[int, int] = (0, 0)
+    """(H, W) of the images used."""
+    folder: str = ""
+
+    @property
+    def reference(self) -> str:
+        """The provenance `reference` field: which set, by content hash."""
+        return f"folder {self.reference_hash[:16]} ({self.stats.n} images)"
+
+    def size_warning(self, sizes: Iterable[tuple[int, int]]) -> str:
+        """Non-empty when the run's images are not at the folder's resolution (the backbone then resizes them
+        differently, and FID measures the resize as much as the edit)."""
+        other = sorted({s for s in sizes if s != self.size})
+        if not other:
+            return ""
+        shown = ", ".join(f"{w}x{h}" for h, w in other)
+        return (f"reference folder {self.folder} is {self.size[1]}x{self.size[0]} but the run's images are {shown}: "
+                "FID compares different resolutions; resize the reference images to the run's resolution")
 
 
 def folder_reference(reference_dir: Path, run_dir: Path, backbone: Backbone, batch_size: int) -> FolderReference:
@@ -126,17 +146,19 @@ def folder_reference(reference_dir: Path, run_dir: Path, backbone: Backbone, bat
     extract_features(zip(shas, rels), store, backbone, cache, batch_size)
     feats = np.stack([cache.get(s) for s in shas])
     note = f"reference folder: skipped {len(skipped)} file(s): {'; '.join(skipped)}" if skipped else ""
-    return FolderReference(features_to_stats(feats), feats, sha256_json(sorted(shas)), note)
+    return FolderReference(features_to_stats(feats), feats, sha256_json(sorted(shas)), note, common,
+                           str(reference_dir))
 
 
-def fid_provenance(backbone: Backbone) -> Provenance:
+def fid_provenance(backbone: Backbone, folder: FolderReference | None = None) -> Provenance:
     return Provenance("fid", f"float64-stats eigvals-sqrt-trace; features: {backbone.implementation}",
-                      backbone.library_version, backbone.name, backbone.weights_sha256, backbone.resize)
+                      backbone.library_version, backbone.name, backbone.weights_sha256, backbone.resize,
+                      reference=folder.reference if folder else ORIGINALS_REFERENCE)
 
 
 def fid_rows(stats: dict[GroupKey, GroupStats], backbone: Backbone, folder: FolderReference | None) -> pd.DataFrame:
     """One FID aggregate row per group: against the folder if given, else against the group's originals."""
-    prov, out = fid_provenance(backbone), []
+    prov, out = fid_provenance(backbone, folder), []
     for key, s in sorted(stats.items(), key=lambda kv: str(kv[0])):
         ref = folder.stats if folder else s.originals
         ref_hash = folder.reference_hash if folder else sha256_json(sorted(s.original_shas))
@@ -154,7 +176,8 @@ def fid_rows(stats: dict[GroupKey, GroupStats], backbone: Backbone, folder: Fold
 
 def fid_aggregates(done: pd.DataFrame, run_dir: Path, config: MetricsConfig, reference_dir: Path | None,
                    backbone: Backbone, store: ImageStore) -> pd.DataFrame:
-    """FID (and KID when enabled) rows for every group of done rows."""
+    """FID (and KID when enabled) rows for every group of done rows; a reference folder at another
+    resolution than the group's images is named in the group's warning."""
     f = config.fid
     if (f.reference == "folder") != (reference_dir is not None):
         raise ConfigError("metrics.fid.reference", f.reference, ["originals", "folder"],
@@ -164,15 +187,40 @@ def fid_aggregates(done: pd.DataFrame, run_dir: Path, config: MetricsConfig, ref
     feats = _group_features(done, store, backbone, cache, f.batch_size)
     stats = {k: GroupStats(features_to_stats(e), features_to_stats(o), shas) for k, (e, o, shas) in feats.items()}
     frame = fid_rows(stats, backbone, folder)
+    size_warning = {k: "" for k in stats}
+    if folder is not None:
+        size_warning = {k: folder.size_warning({store.info(p)[1] for p in g["edited_path"]})
+                        for k, g in done.groupby(list(GROUP_KEYS), sort=True, dropna=False)}
+        frame["warning"] = ["; ".join(w for w in (r["warning"], size_warning[k]) if w)
+                            for k, r in zip(sorted(stats, key=str), frame.to_dict("records"))]
     if not f.kid or frame.empty:
         return frame
+    estimator = "all cross pairs" if folder else "paired terms excluded"
+    # The subset size actually used depends on the group's n: it goes in the warning, not in the provenance,
+    # so groups of different sizes still share one KID column.
+    kid_prov = fid_provenance(backbone, folder).replace(
+        metric="kid", implementation=f"poly3 unbiased MMD ({estimator}), {f.kid_subsets} subsets of "
+                                     f"{f.kid_subset_size}, seed 0; features: {backbone.implementation}")
     kid_rows = []
     for (key, (e, o, _)), fid_row in zip(sorted(feats.items(), key=lambda kv: str(kv[0])), frame.to_dict("records")):
-        ref = folder.features if folder else o
+        # Against the originals, edit i is paired with original i: the paired estimator drops those terms.
+        ref, paired = (folder.features, False) if folder else (o, True)
         size = min(f.kid_subset_size, len(e), len(ref))
-        warn = f"kid_subset_size reduced from {f.kid_subset_size} to {size}" if size < f.kid_subset_size else ""
-        mean, std = kid(e, ref, f.kid_subsets, size) if size >= 2 else (float("nan"), float("nan"))
-        kid_rows.append({**fid_row, "metric": "kid", "value": mean, "std": std, "warning": warn,
-                         "implementation": f"poly3 unbiased MMD, {f.kid_subsets} subsets of {size}, seed 0; "
-                                           f"features: {backbone.implementation}"})
+        warn = ""
+        if size < f.kid_subset_size:
+            whole = size == len(e) == len(ref)
+            warn = (f"n={len(e)}, n_ref={len(ref)} < kid_subset_size {f.kid_subset_size}: "
+                    + ("one estimate on all images, no subset std" if whole else f"subsets of {size}"))
+        mean, std = kid(e, ref, f.kid_subsets, size, paired=paired) if size >= 2 else (float("nan"), float("nan"))
+        kid_rows.append({**fid_row, "metric": "kid", "value": mean, "std": std,
+                         "warning": "; ".join(w for w in (warn, size_warning[key]) if w), **kid_prov.columns()})
     return pd.concat([frame, pd.DataFrame(kid_rows)], ignore_index=True)
+
+
+@register_metrics("fid", MetricSpec("fid", "group", "min"), MetricSpec("kid", "group", "min"), order=60)
+def fid_stage(ctx: StageContext) -> StageOutput:
+    """Distribution metrics per group, from cached features."""
+    if ctx.fid_backbone is None or not len(ctx.done):
+        return StageOutput()
+    return StageOutput(None, [fid_aggregates(ctx.done, ctx.run_dir, ctx.config, ctx.reference_dir, ctx.fid_backbone,
+                                             ctx.store)])

@@ -11,12 +11,19 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from harness.errors import ConfigError, MissingWeightsError
-from metrics._common import check_uint8_images, resolve_device, sha256_state_dict
+from metrics._common import check_uint8_images, resolve_device, sha256_json, sha256_state_dict
+from metrics._stage import StageContext, StageOutput, UnitInputs, cached_values, mean_aggregates, per_image_frame
+from metrics.provenance import Provenance
+from metrics.registry import MetricSpec, register_metrics
 
 LPIPS_NETS = ("alex", "vgg", "squeeze")
+LPIPS_MIN_SIZE = {"alex": 31, "vgg": 16, "squeeze": 17}
+"""Smallest image side each lpips network accepts: below it a pooling layer's output is empty and torch
+raises a RuntimeError (measured on lpips 0.1.4; tests/metrics/test_lpips_metric.py checks both sides)."""
 
 
 def backbone_checkpoint(net: str) -> Path:
@@ -63,6 +70,7 @@ class LPIPSMetric:
             self.net = lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False)
         self.device = resolve_device(device)
         self.net = self.net.to(self.device).eval()
+        self.min_size = LPIPS_MIN_SIZE[net]
         self.name = f"lpips-{net}" + ("-random" if random_backbone else "")
         self.weights_sha256 = sha256_state_dict(self.net)
         self.resize = "none (native resolution)"
@@ -90,6 +98,7 @@ class ClipFeatureLPIPS:
             raise ConfigError("metrics.lpips.backbone", "clip-features", ["lpips"],
                               "clip-features needs metrics.clip.backend: transformers (a CLIPModel directory)")
         self.scorer, self.device = scorer, scorer.device
+        self.min_size = 1  # the CLIP processor resizes every image to its own input size
         self.name = f"clip-features:{scorer.name}"
         self.weights_sha256, self.resize = scorer.weights_sha256, scorer.resize
         self.implementation = "LPIPS formula, uniform layer weights, on CLIP vision hidden states (not AlexNet LPIPS)"
@@ -115,3 +124,38 @@ def build_lpips(config: Any, scorer: Any, device: str) -> Any:
     if config.backbone == "clip-features":
         return ClipFeatureLPIPS(scorer)
     return LPIPSMetric(config.net, config.random_backbone, config.seed, device)
+
+
+# -- the metrics-stage step ----------------------------------------------------------------------------
+
+def _pair_problem(u: UnitInputs, min_size: int, name: str) -> str | None:
+    """Why LPIPS cannot compare this unit's edit with its original, and the remedy; None when it can."""
+    (eh, ew), (oh, ow) = u.edited_shape, u.original_shape
+    if (eh, ew) != (oh, ow):
+        return (f"edited image is {ew}x{eh} but its original is {ow}x{oh}; LPIPS compares equal sizes: the method "
+                "must return the edit at its original's size")
+    if min(eh, ew) < min_size:
+        return (f"images are {ew}x{eh}, under the {min_size} px {name} accepts; use larger images, another "
+                "metrics.lpips.net, or metrics.lpips.backbone: clip-features")
+    return None
+
+
+@register_metrics("lpips", MetricSpec("lpips", "per_image", "min"), order=20)
+def lpips_stage(ctx: StageContext) -> StageOutput:
+    """Per-pair LPIPS(edit, original) for every unit whose pair the network can take."""
+    metric = ctx.lpips
+    if metric is None or not len(ctx.done):
+        return StageOutput()
+    done = ctx.usable("lpips", lambda u: _pair_problem(u, metric.min_size, metric.name))
+    store = ctx.store
+    ed, og = list(done["edited_path"]), list(done["original_path"])
+    keys = [sha256_json([store.sha(e), store.sha(o)]) for e, o in zip(ed, og)]
+    shapes = [(store.info(e)[1], store.info(o)[1]) for e, o in zip(ed, og)]
+
+    def compute(b: list[int]) -> dict[str, np.ndarray]:
+        return {"lpips": metric(store.load_batch([ed[i] for i in b]), store.load_batch([og[i] for i in b])).numpy()}
+
+    prov = Provenance.of("lpips", metric)
+    values = cached_values(done, ["lpips"], prov, keys, shapes, compute, ctx.config.lpips.batch_size, ctx.cache)
+    per = per_image_frame(done, values, prov)
+    return StageOutput(per, [mean_aggregates(per, "lpips", ctx)])

@@ -16,12 +16,21 @@ import numpy as np
 import pandas as pd
 
 from metrics._images import ImageStore
+from metrics._stage import META_COLUMNS, StageContext, StageOutput, mean_aggregates
 from metrics.provenance import Provenance
+from metrics.registry import MetricSpec, register_metrics
 
 PROVENANCE = Provenance("oracle", "harness.world.oracle.read_scene (exact factor reading)", "1", "world-oracle", "",
                         "none (native resolution)")
 FACES_PROVENANCE = Provenance("oracle", "harness.world.faces.oracle.read_face (analysis by synthesis)", "1",
                               "faces-oracle", "", "none (native resolution)")
+# The oracle's metrics and their directions, declared once: the stage and the reports read them from here.
+METRICS = (
+    MetricSpec("oracle_valid", "per_image", "max"),
+    MetricSpec("oracle_success", "per_image", "max"),
+    MetricSpec("oracle_preservation", "per_image", "max"),
+    MetricSpec("oracle_changed:", "per_image", None, family=True, leaderboard=False),
+)
 
 
 def oracle_per_image(done: pd.DataFrame, store: ImageStore, targets: Mapping[str, tuple[str, ...]]) -> pd.DataFrame:
@@ -51,8 +60,16 @@ def oracle_per_image(done: pd.DataFrame, store: ImageStore, targets: Mapping[str
         values["oracle_preservation"].append(float(np.mean(kept)))
         for f in FACTOR_NAMES:
             values[f"oracle_changed:{f}"].append(float(not valid or getattr(orig, f) != getattr(edit, f)))
-    meta_cols = ["unit_key", "run_id", "method", "method_version", "model", "suite", "item_id", "attribute",
-                 "strength", "seed"]
-    meta = sub[meta_cols]
+    meta = sub[list(META_COLUMNS)]
     frames = [meta.assign(metric=m, value=v, **provenance.columns()) for m, v in values.items()]
-    return pd.concat(frames, ignore_index=True) if len(sub) else pd.DataFrame(columns=meta_cols + ["metric", "value"])
+    return pd.concat(frames, ignore_index=True) if len(sub) else \
+        pd.DataFrame(columns=list(META_COLUMNS) + ["metric", "value"])
+
+
+@register_metrics("oracle", *METRICS, order=40)
+def oracle_stage(ctx: StageContext) -> StageOutput:
+    """Exact factor readings of the world's edits (only attributes with a (factor, value) target)."""
+    if not (len(ctx.done) and ctx.config.oracle.enabled and ctx.oracle_targets):
+        return StageOutput()
+    per = oracle_per_image(ctx.done, ctx.store, ctx.oracle_targets)
+    return StageOutput(per, [mean_aggregates(per, m, ctx) for m in per["metric"].unique()])

@@ -1,10 +1,12 @@
 """Provenance of a metric value, and a table builder that refuses to mix provenances in a column.
 
 FID (and CLIP/LPIPS) values are only comparable when implementation, version, backbone weights,
-resize and reference set agree (metrics-and-ray-facts §c), so every value carries those fields.
+resize and reference set agree (metrics-and-ray-facts §c), so every value carries those fields, and
+`provenance_key`, their hash: the one key the metrics stage and the reports group columns on.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -13,6 +15,11 @@ import pandas as pd
 from metrics._common import sha256_json
 
 PROVENANCE_COLUMNS = ("implementation", "library_version", "backbone", "weights_sha256", "resize", "reference_hash")
+PROVENANCE_FIELDS = ("implementation", "library_version", "backbone", "weights_sha256", "resize", "reference",
+                     "metric_version")
+"""What a value's provenance is made of, as stored columns (`Provenance.columns`)."""
+PROVENANCE_KEY = "provenance_key"
+"""Stored column: hash of the metric name and PROVENANCE_FIELDS. Values share a table column only when it is equal."""
 
 
 @dataclass(frozen=True)
@@ -26,14 +33,21 @@ class Provenance:
     weights_sha256: str
     resize: str
     version: int = 1  # bump when our own code changes how the value is computed
+    reference: str = ""
+    """What a distribution metric compares against ("originals of each group", "folder <hash>"); "" otherwise.
+    Part of the key: FID against the originals and FID against a folder are different metrics."""
 
     @property
     def key(self) -> str:
         return sha256_json(asdict(self))[:16]
 
     def columns(self) -> dict[str, Any]:
+        """The stored provenance columns (PROVENANCE_FIELDS) and PROVENANCE_KEY."""
         return {k: v for k, v in asdict(self).items() if k not in ("metric", "version")} | {
-            "metric_version": self.version}
+            "metric_version": self.version, PROVENANCE_KEY: self.key}
+
+    def replace(self, **changes: Any) -> Provenance:
+        return dataclasses.replace(self, **changes)
 
     @staticmethod
     def of(metric: str, component: Any, version: int = 1) -> Provenance:

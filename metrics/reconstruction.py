@@ -6,8 +6,12 @@ import numpy as np
 import pandas as pd
 
 from metrics._images import ImageStore
+from metrics._stage import META_COLUMNS, StageContext, StageOutput, mean_aggregates
+from metrics.provenance import Provenance
+from metrics.registry import MetricSpec, register_metrics
 
 IMPLEMENTATION = "psnr on stored uint8 PNGs, peak 255, mean squared error over all pixels and channels"
+PROVENANCE = Provenance("reconstruction_psnr", IMPLEMENTATION, np.__version__, "none", "", "none (native resolution)")
 
 
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
@@ -20,15 +24,14 @@ def reconstruction_per_image(done: pd.DataFrame, store: ImageStore) -> pd.DataFr
     real = done[done["input_path"].notna()] if "input_path" in done else done.iloc[0:0]
     values = [psnr_uint8(store.load_batch([o])[0].numpy(), store.load_batch([i])[0].numpy())
               for o, i in zip(real["original_path"], real["input_path"])]
-    meta = ["unit_key", "run_id", "method", "method_version", "model", "suite", "item_id", "attribute", "strength",
-            "seed"]
-    out = real[meta].copy()
-    out["metric"] = "reconstruction_psnr"
-    out["value"] = values
-    out["implementation"] = IMPLEMENTATION
-    out["library_version"] = np.__version__
-    out["backbone"] = "none"
-    out["weights_sha256"] = ""
-    out["resize"] = "none (native resolution)"
-    out["metric_version"] = 1
-    return out
+    return real[list(META_COLUMNS)].assign(metric="reconstruction_psnr", value=values, **PROVENANCE.columns())
+
+
+@register_metrics("reconstruction", MetricSpec("reconstruction_psnr", "per_image", "max"), order=50)
+def reconstruction_stage(ctx: StageContext) -> StageOutput:
+    """PSNR of the unedited regeneration against the input, for units started from a real image."""
+    done = ctx.done
+    if not (len(done) and "input_path" in done and done["input_path"].notna().any()):
+        return StageOutput()
+    per = reconstruction_per_image(done, ctx.store)
+    return StageOutput(per, [mean_aggregates(per, "reconstruction_psnr", ctx)])

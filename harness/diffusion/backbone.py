@@ -30,6 +30,8 @@ class Backbone:
     """Identifies the weights (hash of config and source); part of every cache key."""
     compiled_unet: Any = None
     """torch.compile'd UNet for plain inference (harness.diffusion.compile), or None."""
+    compile_timer: Any = None
+    """harness.diffusion.compile.CompileTimer of the compiled parts, or None."""
     _text_cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = field(
         default_factory=dict, repr=False, compare=False)
     """Embeddings of the prompts seen so far, one per distinct prompt (see encode_text)."""

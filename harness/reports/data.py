@@ -9,8 +9,10 @@ from typing import Any, Sequence
 import pandas as pd
 
 from harness.store import ROW_COLUMNS, RunStore
+from metrics.provenance import PROVENANCE_FIELDS
 
-PROVENANCE = ("implementation", "library_version", "backbone", "weights_sha256", "resize", "metric_version")
+PROVENANCE = PROVENANCE_FIELDS
+"""The stored provenance fields (labels of split columns); columns are split on the stored provenance_key."""
 
 
 @dataclass

@@ -5,11 +5,13 @@ Values come only from stored rows and metric tables:
   attributes, strengths), and a cell is the mean ± std over seeds;
 - metrics that exist only as group aggregates (fid, kid): mean ± std over the (attribute, strength)
   groups, since a distribution metric has no per-seed value;
-- edit_s_per_image: wall-clock seconds per edited image, mean ± std over seeds; prepare_s: the
-  one-off preparation (max over the method's rows).
-A metric computed with more than one provenance (implementation, version, backbone, weights,
-resize; the device for runtime) gets one column per provenance, never a mix. Best values are
-marked per column among rows of the same model and suite.
+- edit_s_per_image: wall-clock seconds per edited image, mean ± std over seeds; prepare_s (and
+  inversion_s, compile_s when a run has them): the one-off costs, each cached piece of work counted once
+  (metrics.runtime.one_off_seconds, the same definition as the metrics stage's runtime rows).
+A metric computed with more than one provenance (the stored provenance_key: implementation, version,
+backbone, weights, resize, reference set; the device for runtime) gets one column per provenance,
+never a mix. Directions and which metrics are columns come from the metric registry (metrics.registry).
+Best values are marked per column among rows of the same model and suite.
 """
 from __future__ import annotations
 
@@ -22,26 +24,32 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.reports.data import PROVENANCE, RunData
 from harness.reports.render import TextTable, fmt_spread
+from metrics.provenance import PROVENANCE_KEY
+from metrics.registry import metric_spec
+from metrics.runtime import one_off_seconds
 
 KEYS = ("method", "model", "suite")
 COUNTS = ("units", "done", "failed")
 RUNTIME, PREPARE = "edit_s_per_image", "prepare_s"
-LOWER_IS_BETTER = {"fid", "kid", "lpips", RUNTIME}
-HIGHER_IS_BETTER = {"clip_score", "oracle_success", "oracle_valid", "oracle_preservation", "reconstruction_psnr"}
+ONE_OFF_COLUMNS = {PREPARE: "prepare_seconds_total", "inversion_s": "inversion_seconds_total",
+                   "compile_s": "compile_seconds_total"}
+"""Leaderboard column -> metrics.runtime.one_off_seconds column; prepare_s always, the others when non-zero."""
 METRIC_ORDER = ("fid", "kid", "clip_score", "lpips", "oracle_success", "oracle_preservation", "oracle_valid")
-# Matrices and raw scores are not leaderboard columns (the HTML report draws the matrices).
-_MATRIX_PREFIXES = ("zeroshot:", "oracle_changed:", "disentanglement")
-_AGG_SKIP = ("edit_seconds", "prepare_seconds", "seconds_per_image") + _MATRIX_PREFIXES
-_PER_IMAGE_SKIP = _MATRIX_PREFIXES
 
 
 def better(metric: str) -> str | None:
-    """'min' (lower is better), 'max', or None when a metric has no direction."""
-    if metric in LOWER_IS_BETTER or "seconds" in metric:
+    """'min' (lower is better), 'max', or None: as the metric's module declares it (metrics.registry)."""
+    if metric == RUNTIME:
         return "min"
-    if metric in HIGHER_IS_BETTER or any(w in metric for w in ("success", "accuracy", "psnr", "preservation")):
-        return "max"
-    return None
+    spec = metric_spec(metric)
+    return spec.better if spec else None
+
+
+def _is_column(metric: str) -> bool:
+    """Declared leaderboard metrics only: matrix cells, raw scores and runtime rows are not columns, and an
+    undeclared metric (stored by a newer or removed module) is not guessed at."""
+    spec = metric_spec(metric)
+    return spec is not None and spec.leaderboard
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ def _prov_frame(part: pd.DataFrame, fields: Sequence[str]) -> pd.DataFrame:
 
 def _labels(provs: list[dict[str, str]]) -> list[str]:
     """Shortest distinguishing label per provenance: backbone, then weights, implementation, ..."""
-    order = ["backbone", "weights_sha256", "implementation", "library_version", "resize", "metric_version"]
+    order = ["backbone", "weights_sha256", "reference", "implementation", "library_version", "resize", "metric_version"]
     for n in range(1, len(order) + 1):
         labels = [" ".join((p.get(f, "")[:8] if f == "weights_sha256" else p.get(f, "")) for f in order[:n]
                            if p.get(f, "")) or "?" for p in provs]
@@ -100,10 +108,14 @@ def _labels(provs: list[dict[str, str]]) -> list[str]:
 
 
 def _by_provenance(part: pd.DataFrame, fields: Sequence[str]) -> list[tuple[dict[str, str], pd.DataFrame]]:
+    """Split by the stored provenance_key (results written before it existed: by the fields themselves)."""
     prov = _prov_frame(part, fields)
-    tuples = list(prov.itertuples(index=False, name=None))
+    if PROVENANCE_KEY in part.columns and part[PROVENANCE_KEY].notna().all():
+        tuples = list(part[PROVENANCE_KEY].astype(str))
+    else:
+        tuples = list(prov.itertuples(index=False, name=None))
     distinct = list(dict.fromkeys(tuples))
-    return [(dict(zip(prov.columns, t)), part[[x == t for x in tuples]]) for t in distinct]
+    return [(dict(prov[[x == t for x in tuples]].iloc[0]), part[[x == t for x in tuples]]) for t in distinct]
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:
@@ -163,24 +175,27 @@ def build_leaderboard(runs: Sequence[RunData], sort: str | None = None,
     for col, (_, sub) in zip(runtime_cols, devices):
         cells += _seed_cells(sub, keys, "edit_seconds", col.name)
     columns += runtime_cols
-    prep = rows.assign(p=rows["prepare_seconds"].astype(np.float64)).groupby(keys, dropna=False)["p"].max()
-    cells += [{**dict(zip(keys, k if isinstance(k, tuple) else (k,))), "column": PREPARE, "value": v, "std": np.nan}
-              for k, v in prep.items()]
-    columns.append(Column(PREPARE, PREPARE, None, spread=""))  # 0 for methods without a prepare: not ranked
+    one_off = one_off_seconds(rows, keys)
+    for name, total in ONE_OFF_COLUMNS.items():
+        if name != PREPARE and not (one_off[total] > 0).any():
+            continue
+        cells += [{**{k: r[k] for k in keys}, "column": name, "value": r[total], "std": np.nan}
+                  for r in one_off.to_dict("records")]
+        columns.append(Column(name, name, None, spread=""))  # 0 for methods without the cost: not ranked
 
     per_image, aggs = _concat(runs, "per_image"), _concat(runs, "aggregates")
     metric_cols: list[Column] = []
     per_image_metrics: set[str] = set()
     if len(per_image):
-        per_image = per_image[~per_image["metric"].astype(str).str.startswith(_PER_IMAGE_SKIP)]
+        per_image = per_image[per_image["metric"].map(_is_column)]
         for metric, part in per_image.groupby("metric"):
             per_image_metrics.add(metric)
             groups = _by_provenance(part, PROVENANCE)
             for col, (_, sub) in zip(_split(metric, groups, "seeds"), groups):
-                cells += _seed_cells(sub, keys, "value", col.name, clamp=metric == "clip_score")
+                cells += _seed_cells(sub, keys, "value", col.name, clamp=metric_spec(metric).clamp_mean)
                 metric_cols.append(col)
     if len(aggs):
-        aggs = aggs[~aggs["metric"].astype(str).str.startswith(_AGG_SKIP) & ~aggs["metric"].isin(per_image_metrics)]
+        aggs = aggs[aggs["metric"].map(_is_column) & ~aggs["metric"].isin(per_image_metrics)]
         for metric, part in aggs.groupby("metric"):
             groups = _by_provenance(part, PROVENANCE)
             for col, (_, sub) in zip(_split(metric, groups, "groups"), groups):
@@ -249,7 +264,8 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
              "over its units: items, attributes, strengths); fid/kid and other group-only metrics: mean ± std "
              "over (attribute, strength) groups, since a distribution metric has no per-seed value.",
              f"{RUNTIME}: wall-clock seconds per edited image (batch time / batch size); {PREPARE}: one-off "
-             "preparation (directions, MLP), max over the method's rows."]
+             "preparation (directions, MLP), each prepared artifact counted once; inversion_s: DDIM inversions of "
+             "real input images, each once; compile_s: torch.compile time, kept out of the per-image figure."]
     directed = [c for c in board.columns if c.better]
     if directed:
         low = sorted({c.metric for c in directed if c.better == "min"})
@@ -262,7 +278,7 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
     for c in board.columns:
         by_metric.setdefault(c.metric, []).append(c)
     for metric, cols in by_metric.items():
-        if metric in (RUNTIME, PREPARE):
+        if metric == RUNTIME or metric in ONE_OFF_COLUMNS:
             continue
         if len(cols) > 1:
             notes.append(f"{metric} was computed with {len(cols)} provenances: one column each, never mixed.")

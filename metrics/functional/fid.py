@@ -139,34 +139,47 @@ def _poly_kernel(x: np.ndarray, y: np.ndarray, degree: int, gamma: float | None,
 
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None,
-                  coef0: float = 1.0) -> float:
+                  coef0: float = 1.0, paired: bool = False) -> float:
     """Unbiased MMD² with the polynomial kernel (Bińkowski et al.; torch-fidelity, torchmetrics).
 
-    Within-set sums drop the diagonal (k(x,x) terms); the cross term keeps all m·n pairs.
+    Within-set sums drop the diagonal (k(x,x) terms). Unpaired (x and y drawn independently), the cross
+    term keeps all m·n pairs, as the references do. Paired (x_i is an edit of y_i, so m = n), the cross
+    term drops the i = i pairs too: E k(x_i, y_i) is not E k(x, y') when x_i depends on y_i, and keeping it
+    biases MMD² down by 2(E k(x_i, y_i) − E k(x, y'))/n (negative KID for good edits whatever they change).
+    What remains is Gretton et al.'s (2012, Lemma 6) U-statistic over the pairs z_i = (x_i, y_i),
+    h(z_i, z_j) = k(x_i,x_j) + k(y_i,y_j) − k(x_i,y_j) − k(x_j,y_i), unbiased whatever the pairing.
     """
     m, n = x.shape[0], y.shape[0]
+    if paired and m != n:
+        raise ValueError(f"paired MMD needs as many edits as originals, got {m} and {n}")
     k_xx = _poly_kernel(x, x, degree, gamma, coef0)
     k_yy = _poly_kernel(y, y, degree, gamma, coef0)
     k_xy = _poly_kernel(x, y, degree, gamma, coef0)
     sxx = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
     syy = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-    return float(sxx + syy - 2.0 * k_xy.mean())
+    sxy = (k_xy.sum() - np.trace(k_xy)) / (m * (m - 1)) if paired else k_xy.mean()
+    return float(sxx + syy - 2.0 * sxy)
 
 
 def kid(features1: Any, features2: Any, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-        gamma: float | None = None, coef0: float = 1.0, seed: int = 0) -> tuple[float, float]:
+        gamma: float | None = None, coef0: float = 1.0, seed: int = 0, paired: bool = False) -> tuple[float, float]:
     """KID mean and std over `subsets` random subsets (without replacement) of `subset_size` each.
 
     Subsets are drawn from a seeded numpy Generator, so the value is reproducible; std uses ddof=0
-    as torch-fidelity and torchmetrics do.
+    as torch-fidelity and torchmetrics do. paired=True (features1[i] is an edit of features2[i]): one
+    index subset is drawn for both sets, so pairs stay pairs, and MMD² drops the paired terms (see
+    `mmd2_unbiased`). When a subset is the whole of both sets every draw gives the same value (MMD² is
+    invariant to a permutation), so it is computed once and std is NaN: there is no subset spread to report.
     """
     x, y = _as_float64(features1), _as_float64(features2)
     if subset_size < 2 or subset_size > min(len(x), len(y)):
         raise ValueError(f"subset_size={subset_size} must be in [2, min(n1, n2)={min(len(x), len(y))}]")
+    if subset_size == len(x) == len(y):
+        return mmd2_unbiased(x, y, degree, gamma, coef0, paired), float("nan")
     rng = np.random.default_rng(seed)
-    vals = np.array([
-        mmd2_unbiased(x[rng.choice(len(x), subset_size, replace=False)],
-                      y[rng.choice(len(y), subset_size, replace=False)], degree, gamma, coef0)
-        for _ in range(subsets)
-    ])
-    return float(vals.mean()), float(vals.std())
+    vals = []
+    for _ in range(subsets):
+        ix = rng.choice(len(x), subset_size, replace=False)
+        iy = ix if paired else rng.choice(len(y), subset_size, replace=False)
+        vals.append(mmd2_unbiased(x[ix], y[iy], degree, gamma, coef0, paired))
+    return float(np.mean(vals)), float(np.std(vals))

@@ -53,6 +53,47 @@ def test_hooks_grad_and_autodiff_stay_eager(backbone) -> None:
     assert not use_compiled(backbone, x)  # grad mode is on here
 
 
+def test_compile_time_is_recorded_apart_from_the_edit_time(tmp_path, monkeypatch) -> None:
+    """Issue 17.1: torch.compile compiles inside the first call of each new graph, so the first timed batch paid
+    for it. A stand-in compiler that takes 0.3 s on each new (shape, timestep), what dynamic=False specialises
+    on: the rows' compile_seconds hold that time and edit_seconds do not."""
+    import time
+
+    import harness.diffusion.compile as compile_mod
+    from tests.methods.conftest import run_through_harness
+
+    def slow_first_call(module, **kwargs):
+        seen = set()
+
+        def call(*args, **kw):
+            if (tuple(args[0].shape), args[1]) not in seen:
+                seen.add((tuple(args[0].shape), args[1]))
+                time.sleep(0.3)
+            return module(*args, **kw)
+        return call
+
+    monkeypatch.setattr(compile_mod.torch, "compile", slow_first_call)
+    monkeypatch.setenv("HARNESS_COMPILE_CACHE", str(tmp_path / "cache"))
+    _, rows = run_through_harness(tmp_path, 2, models=["tiny-unet"], items=["smile"], seeds=2, strengths=[1.0],
+                                  methods=[{"name": "random-direction"}], executor={"kind": "inprocess",
+                                                                                   "batch_size": 2, "compile": True},
+                                  sampler={"num_steps": 2})
+    # one batch of 2, 2 steps: two graphs (0.6 s, plus the two calls' own forward), shared by the 2 units
+    assert rows.compile_seconds.sum() >= 0.6 and rows.compile_seconds.nunique() == 1
+    assert (rows.edit_seconds < 0.3).all()
+
+
+def test_compile_timer_counts_first_calls_per_signature() -> None:
+    from harness.diffusion.compile import CompileTimer
+
+    calls = []
+    timer = CompileTimer(torch.device("cpu"))
+    f = timer.timed("f", lambda x, t: calls.append(t) or x)
+    for shape, t in (((1, 2), 5), ((1, 2), 5), ((2, 2), 5), ((1, 2), 7)):
+        f(torch.zeros(shape), t)
+    assert len(timer._seen) == 3 and len(calls) == 4
+
+
 @pytest.mark.slow
 def test_torch_compile_matches_eager_and_keeps_h_space_edits(tmp_path, monkeypatch) -> None:
     from harness.diffusion.compile import compile_backbone

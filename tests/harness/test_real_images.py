@@ -94,6 +94,10 @@ def test_folder_suite_with_corrupted_file_runs_the_rest(tmp_path) -> None:
     assert len(bad) and (bad.status == "failed").all() and bad.error.str.contains("unreadable image").all()
     good = rows[rows.item_id != "scene1"]
     assert (good.status == "done").all() and good.input_path.notna().all()
+    # Issue 17.1: each inversion's time is recorded (once per image and model, shared by the units editing it).
+    assert (good.inversion_seconds > 0).all() and good.inversion_key.str.startswith("inversion-").all()
+    per_key = good.groupby("inversion_key").inversion_seconds.nunique()
+    assert (per_key == 1).all() and len(per_key) == good.groupby(["model", "item_id"]).ngroups
     root = Path(summary.run_dir)
     # A strength-0 edit of a real image is the plain reconstruction, byte for byte.
     for row in good[good.strength == 0.0].itertuples():

@@ -42,5 +42,5 @@ def make_run(run_dir: Path, n_per_group: int = 12, methods: tuple[str, ...] = ("
                     target_prompt="" if i % 3 == 0 else f"a photo of a {a} person", strength=1.0, seed=i % 3,
                     status="failed" if failed else "done", original_path=orig_rel,
                     edited_path="" if failed else edit_rel, edit_seconds=np.nan if failed else 0.5 + 0.1 * i,
-                    prepare_seconds=3.0 if i == 0 else 0.0, device="cpu"))
+                    prepare_seconds=3.0, prepare_key=f"prepare-{m}", device="cpu"))
     return pd.DataFrame(rows)

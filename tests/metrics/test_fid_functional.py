@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from metrics.functional.fid import (
-    FeatureStats, features_to_stats, fid_from_stats, frechet_distance, kid, merge_stats, rank_warning,
+    FeatureStats, features_to_stats, fid_from_stats, frechet_distance, kid, merge_stats, mmd2_unbiased, rank_warning,
     stats_to_mean_cov,
 )
 
@@ -126,8 +126,32 @@ def test_kid_equals_torchmetrics_with_full_subset() -> None:
     expected = float(tm.compute()[0])
     mean, std = kid(b, a, subsets=1, subset_size=40)
     assert mean == pytest.approx(expected, rel=1e-9)
-    assert std == 0.0
+    assert np.isnan(std)  # one subset holding both whole sets: no spread (torchmetrics reports 0)
     m2, s2 = kid(b, a, subsets=20, subset_size=20, seed=1)
     assert np.isfinite(m2) and s2 > 0 and kid(b, a, subsets=20, subset_size=20, seed=1) == (m2, s2)
     with pytest.raises(ValueError):
         kid(a, b, subset_size=41)
+
+
+def test_kid_against_paired_originals_matches_the_closed_form() -> None:
+    # Issue 17.2: n = 400, d = 64, edits = originals + noise. Keeping each edit's pairing with its own original
+    # in the cross term gave about -0.036 here for every noise level (a no-op and a real change alike).
+    # Closed form: for x ~ N(0, s²I), y ~ N(0, I) and k = (xᵀy/d + 1)³, E k(x,x') = 1 + 3s⁴/d,
+    # E k(y,y') = 1 + 3/d, E k(x,y') = 1 + 3s²/d (odd moments vanish), so MMD² = 3(s² − 1)²/d, s² = 1 + noise².
+    rng = np.random.default_rng(17)
+    originals = rng.normal(size=(400, 64))
+    for noise, tol in ((0.001, 1e-6), (0.5, 6e-4), (1.0, 5e-3)):
+        edits = originals + noise * rng.normal(size=originals.shape)
+        expected = 3 * noise**4 / 64
+        assert mmd2_unbiased(edits, originals, paired=True) == pytest.approx(expected, abs=tol)
+        mean, std = kid(edits, originals, subsets=50, subset_size=100, paired=True)
+        assert mean == pytest.approx(expected, abs=max(tol, 3 * std / 50**0.5)) and std > 0
+    assert abs(mmd2_unbiased(originals, originals.copy(), paired=True)) < 1e-12
+
+
+def test_kid_on_whole_sets_is_one_estimate_without_a_spread() -> None:
+    # A group smaller than the subset size used to give 100 identical subsets and std 0.
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(30, 8)), rng.normal(size=(30, 8))
+    mean, std = kid(a, b, subsets=100, subset_size=30)
+    assert mean == pytest.approx(mmd2_unbiased(a, b)) and np.isnan(std)

@@ -98,3 +98,16 @@ def test_clip_feature_lpips_needs_a_transformers_clip(tiny_open_clip_config: Pat
                               random_weights=True)
     with pytest.raises(ConfigError, match="metrics.lpips.backbone"):
         ClipFeatureLPIPS(scorer)
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg", "squeeze"])
+def test_lpips_min_size_is_the_smallest_side_the_network_takes(net: str) -> None:
+    # The stage leaves out smaller pairs by this table instead of letting the network raise mid-stage.
+    from metrics.lpips_metric import LPIPS_MIN_SIZE
+
+    metric = LPIPSMetric(net, random_backbone=True)
+    s = LPIPS_MIN_SIZE[net]
+    x = torch.zeros((1, 3, s, s), dtype=torch.uint8)
+    assert metric(x, x).shape == (1,)
+    with pytest.raises(RuntimeError):
+        metric(x[..., 1:, 1:], x[..., 1:, 1:])

@@ -220,14 +220,53 @@ def test_bad_inputs(run_template, tmp_path: Path, tiny_open_clip_config: Path) -
         compute_metrics(rows.drop(columns=["seed"]), run_dir, cfg)
     with pytest.raises(ValueError, match="unique"):
         compute_metrics(pd.concat([rows, rows.iloc[:1]]), run_dir, cfg)
-    Image.new("RGBA", (32, 32)).save(run_dir / rows.edited_path.iloc[0])
-    with pytest.raises(ValueError, match="RGB"):
-        compute_metrics(rows, run_dir, cfg)
     inception = MetricsConfig.from_dict({**cfg.to_dict(), "fid": {"backbone": "inception",
                                                                   "weights": str(tmp_path / "nope.pth")},
                                          "clip": {"enabled": False}, "lpips": {"enabled": False}})
     with pytest.raises(MissingWeightsError, match="metrics.fid.weights"):
         compute_metrics(rows, run_dir, inception)
+
+
+def test_bad_files_cost_their_unit_only_with_one_line_each(run_template, tmp_path: Path,
+                                                            tiny_open_clip_config: Path) -> None:
+    # Issue 17.3: each of these aborted the whole stage with an error naming neither file nor unit.
+    from metrics.stage import MetricInputWarning
+
+    run_dir, rows = _fresh(run_template, tmp_path / "run")
+    rows = rows.assign(batch_key="b0")
+    by_key = rows.set_index("unit_key")
+    truncated, rgba, resized, tiny = "m1|smile|001", "m1|smile|002", "m1|age|002", "m2|smile|003"
+    edited = run_dir / by_key.loc[truncated, "edited_path"]
+    edited.write_bytes(edited.read_bytes()[:200])  # OSError: image file is truncated
+    Image.new("RGBA", (32, 32)).save(run_dir / by_key.loc[rgba, "edited_path"])
+    write_png(run_dir / by_key.loc[resized, "edited_path"], random_images(1, size=48, seed=9)[0])  # LPIPS ValueError
+    small = random_images(2, size=16, seed=8)  # under squeeze's 17 px: its raw RuntimeError
+    rows.loc[rows.unit_key == tiny, ["original_path", "edited_path"]] = ["images/small/o.png", "images/small/e.png"]
+    write_png(run_dir / "images/small/o.png", small[0])
+    write_png(run_dir / "images/small/e.png", small[1])
+    ref_dir = tmp_path / "ref"
+    for i, im in enumerate(random_images(6, size=64, seed=3)):  # the run's images are 32x32
+        write_png(ref_dir / f"{i:02d}.png", im)
+    base = _config(tiny_open_clip_config).to_dict()
+    cfg = MetricsConfig.from_dict({**base, "fid": {**base["fid"], "reference": "folder"}})
+
+    with pytest.warns(MetricInputWarning) as caught:
+        per, agg = compute_metrics(rows, run_dir, cfg, reference_dir=ref_dir)
+    lines = [str(w.message) for w in caught]
+    assert any(truncated in m and str(edited) in m and "truncated" in m and "shards/b0.parquet" in m for m in lines)
+    assert any(rgba in m and "RGB" in m for m in lines)
+    assert any(resized in m and "48x48" in m and "lpips" in m for m in lines)
+    assert any(tiny in m and "17 px" in m and "clip-features" in m for m in lines)
+    assert len(lines) == 4  # one line each
+    done = set(rows.loc[rows.status == "done", "unit_key"])
+    assert set(per[per.metric == "clip_score"].unit_key) == done - {truncated, rgba}
+    assert set(per[per.metric == "lpips"].unit_key) == done - {truncated, rgba, resized, tiny}
+    group = agg[(agg.metric == "lpips") & (agg.method == "m1") & (agg.attribute == "smile")].iloc[0]
+    assert truncated in group.warning and rgba in group.warning and group.n == len(
+        [u for u in done if u.startswith("m1|smile")]) - 2
+    fid = agg[agg.metric == "fid"]
+    assert fid.value.notna().all() and fid.warning.str.contains("reference folder .* is 64x64 but the run's images "
+                                                                "are [0-9x, ]*: .*resize", regex=True).all()
 
 
 def test_reference_folder_skips_unreadable_and_wrongly_sized_files(run_template, tmp_path: Path,
