@@ -135,8 +135,11 @@ def _mean_aggregates(per_image: pd.DataFrame, metric: str, clamp: bool) -> pd.Da
     out = []
     for key, g in sub.groupby(list(GROUP_KEYS) + prov_cols, sort=True, dropna=False):
         v = g["value"].to_numpy(np.float64)
-        out.append({**dict(zip(list(GROUP_KEYS) + prov_cols, key)), "metric": metric,
-                    "value": aggregate_clip_score(v) if clamp else float(v.mean()),
+        # NaN marks a unit the metric does not apply to (oracle_flip when the original already had the
+        # target value): the group's value is the mean over the other units, n counts only them.
+        v = v[~np.isnan(v)]
+        value = (aggregate_clip_score(v) if clamp else float(v.mean())) if len(v) else np.nan
+        out.append({**dict(zip(list(GROUP_KEYS) + prov_cols, key)), "metric": metric, "value": value,
                     "std": float(v.std(ddof=1)) if len(v) > 1 else np.nan, "n": len(v), "reference_hash": ""})
     return pd.DataFrame(out)
 

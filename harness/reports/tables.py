@@ -27,8 +27,12 @@ KEYS = ("method", "model", "suite")
 COUNTS = ("units", "done", "failed")
 RUNTIME, PREPARE = "edit_s_per_image", "prepare_s"
 LOWER_IS_BETTER = {"fid", "kid", "lpips", RUNTIME}
-HIGHER_IS_BETTER = {"clip_score", "oracle_success", "oracle_valid", "oracle_preservation", "reconstruction_psnr"}
-METRIC_ORDER = ("fid", "kid", "clip_score", "lpips", "oracle_success", "oracle_preservation", "oracle_valid")
+HIGHER_IS_BETTER = {"clip_score", "oracle_flip", "oracle_success", "oracle_valid", "oracle_preservation",
+                    "reconstruction_psnr"}
+# oracle_flip is the headline edit column (success among units not already at the target); oracle_base_rate
+# (share of originals already at the target) has no direction: it describes the samples, not the method.
+METRIC_ORDER = ("fid", "kid", "clip_score", "lpips", "oracle_flip", "oracle_base_rate", "oracle_success",
+                "oracle_preservation", "oracle_valid")
 # Matrices and raw scores are not leaderboard columns (the HTML report draws the matrices).
 _MATRIX_PREFIXES = ("zeroshot:", "oracle_changed:", "disentanglement")
 _AGG_SKIP = ("edit_seconds", "prepare_seconds", "seconds_per_image") + _MATRIX_PREFIXES
@@ -279,6 +283,10 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
                 extra = len(warnings) - 1
                 more = f" (and {extra} other warning{'s' if extra > 1 else ''})" if extra else ""
                 notes.append(f"{metric} warning: {warnings[0]}{more}")
+    if any(c.metric == "oracle_flip" for c in board.columns):
+        notes.append("oracle_flip (the edit column to read): success among units whose original was valid and "
+                     "not already at the target value (a no-op scores 0); oracle_success also counts units whose "
+                     "original already had it; oracle_base_rate: share of valid originals already at the target.")
     devices = sorted(set(rows["device"].dropna().astype(str)))
     if devices:
         notes.append("devices: " + "; ".join(devices))
