@@ -64,7 +64,10 @@ from harness.diffusion import Schedule, denoise, initial_noise, make_condition
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from harness.hashing import stable_seed
-from methods._common import original_condition, pairs, start_noise, target_condition
+from methods._common import (
+    ContinuePrompt, check_continuation_guidance, continuation_condition, original_condition, pairs, start_noise,
+    target_condition,
+)
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
 
 SUITE_KEY = "__suite__"
@@ -91,9 +94,12 @@ class AVIOptions:
     gamma_mode: Literal["z_columns", "z_columns_and_rows"] = "z_columns"
     renormalise: bool = False
     svd_dtype: Literal["float32", "float64"] = "float64"
+    continue_prompt: ContinuePrompt = "original"
+    continue_guidance: float | None = None
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
+        check_continuation_guidance(f"{p}continue_guidance", self.continue_guidance)
         if not 0.0 < self.t_x <= 1.0:
             raise ConfigError(f"{p}t_x", self.t_x, "a fraction in (0, 1]")
         if not 0.0 <= self.delta_tau < self.t_x:
@@ -285,7 +291,13 @@ def train_mlp(x: torch.Tensor, z: torch.Tensor, cfg: TrainConfig, seed: int,
                 last = float(loss.detach())
                 steps += 1
     mlp.eval()
-    return mlp, {"steps": steps, "first_loss": first, "final_loss": last}
+    # ‖U_A diag(S) V_Aᵀ‖/‖X‖ on the distinct training pairs (γ = 1): compare with the rows' norm_ratio on the
+    # samples being edited to tell under-training (both small) from poor generalisation (only the latter small).
+    with torch.no_grad():
+        u_a, v_a, _, _ = attribute_vectors(xs, zs, cfg.k, cfg.svd_dtype)
+        y = compose(u_a, mlp(mlp_features(xs, zs, cfg.mlp_input))[0], v_a)
+        train_ratio = float((y.flatten(1).norm(dim=1) / xs.flatten(1).norm(dim=1)).mean())
+    return mlp, {"steps": steps, "first_loss": first, "final_loss": last, "train_norm_ratio": train_ratio}
 
 
 # -- trajectories ---------------------------------------------------------------------------------
@@ -365,6 +377,10 @@ class AVI(EditMethod):
         return {"k": k, "width": width, "hw": hw, "mlp_input": o.mlp_input, "i_x": i_x, "i_z": i_z,
                 "scope": o.train_scope, "mlps": mlps, "train_stats": stats}
 
+    @staticmethod
+    def _key(state: dict, request: EditRequest) -> str:
+        return request.item.id if state["scope"] == "item" else SUITE_KEY
+
     def _mlp(self, state: dict, key: str, device: torch.device) -> AVIMLP:
         if key not in state["mlps"]:
             raise KeyError(f"AVI has no trained MLP for {key!r} (trained: {sorted(state['mlps'])})")
@@ -377,6 +393,29 @@ class AVI(EditMethod):
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
              sampler: SamplerConfig) -> list[EditOutput]:
         o = self.options
+        lat = self.edit_latents(backbone, state, requests, sampler)
+        schedule, i_x, x, y = lat["schedule"], lat["i_x"], lat["x"], lat["y"]
+        cond_o = original_condition(backbone, requests, sampler)
+        original = backbone.decode(denoise(backbone, x, schedule, cond_o, start=i_x, eta=sampler.eta,
+                                           noises=lat["noises"]))
+        cond_c = continuation_condition(backbone, requests, sampler, o.continue_prompt, o.continue_guidance)
+        edited = backbone.decode(denoise(backbone, y, schedule, cond_c, start=i_x, eta=sampler.eta,
+                                         noises=lat["noises"]))
+        x_norm = x.flatten(1).norm(dim=1)
+        info = [{"norm_ratio": float(lat["ratio"][n]), "i_x": i_x, "i_z": lat["i_z"], "k": state["k"],
+                 "final_norm_ratio": float(y[n].norm() / x_norm[n]), "continue_prompt": o.continue_prompt,
+                 "train_norm_ratio": state["train_stats"][self._key(state, r)].get("train_norm_ratio", float("nan"))}
+                for n, r in enumerate(requests)]
+        return pairs(original, edited, info)
+
+    @torch.no_grad()
+    def edit_latents(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
+                     sampler: SamplerConfig) -> dict:
+        """Steps 1-4 of the pipeline: x = x_{T_x}, z, and y_pred (the latent that replaces x at step i_x).
+
+        Returns schedule, i_x, i_z, x, z, y (B, C, H, W), noises and ratio = ‖y‖_F/‖x‖_F before any renormalising.
+        """
+        o = self.options
         k = state["k"]
         schedule = Schedule.from_backbone(backbone, sampler.num_steps)
         i_x, i_z = edit_steps(schedule, o.t_x, o.delta_tau)
@@ -388,7 +427,7 @@ class AVI(EditMethod):
         # S = f_θ(vec X) per channel, with each request's own MLP (per item or one for the suite).
         b, c = x.shape[:2]
         s = torch.empty(b, c, 2 * k, device=x.device)
-        keys = [r.item.id if state["scope"] == "item" else SUITE_KEY for r in requests]
+        keys = [self._key(state, r) for r in requests]
         for key in dict.fromkeys(keys):
             rows = [n for n, kk in enumerate(keys) if kk == key]
             mlp = self._mlp(state, key, x.device)
@@ -404,8 +443,5 @@ class AVI(EditMethod):
             scale = x.flatten(2).norm(dim=2) / y.flatten(2).norm(dim=2).clamp_min(1e-12)
             y = y * scale[..., None, None]
 
-        original = backbone.decode(denoise(backbone, x, schedule, cond_o, start=i_x, eta=sampler.eta, noises=noises))
-        edited = backbone.decode(denoise(backbone, y, schedule, cond_o, start=i_x, eta=sampler.eta, noises=noises))
-        info = [{"norm_ratio": float(ratio[n]), "i_x": i_x, "i_z": i_z, "k": k,
-                 "final_norm_ratio": float(y[n].norm() / x_norm[n])} for n in range(b)]
-        return pairs(original, edited, info)
+        return {"schedule": schedule, "i_x": i_x, "i_z": i_z, "x": x, "z": z, "y": y, "noises": noises,
+                "ratio": ratio}

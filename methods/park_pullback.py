@@ -51,7 +51,9 @@ from harness.diffusion.backbone import Backbone
 from harness.diffusion.sampler import Condition
 from harness.errors import ConfigError
 from harness.hashing import stable_seed
-from methods._common import original_condition, pairs, start_noise
+from methods._common import (
+    ContinuePrompt, check_continuation_guidance, continuation_condition, original_condition, pairs, start_noise,
+)
 from methods._scorers import Scorer, ScorerSpec, make_scorer
 from methods._subspace import StopCriterion, SubspaceResult, subspace_iteration, working_dtype
 from methods.base import EditMethod, EditOutput, EditRequest, register_method
@@ -76,8 +78,11 @@ class ParkOptions:
     sign: Literal["auto", "positive", "negative"] = "auto"
     select_strength: float | None = None
     scorer: ScorerSpec = field(default_factory=ScorerSpec)
+    continue_prompt: ContinuePrompt = "empty"
+    continue_guidance: float | None = 1.0
 
     def validate(self, prefix: str) -> None:
+        check_continuation_guidance(f"{prefix}.continue_guidance", self.continue_guidance)
         if self.pca_rank < 1:
             raise ConfigError(f"{prefix}.pca_rank", self.pca_rank, "an integer >= 1")
         if not 0.0 <= self.t_edit <= 1.0:
@@ -188,6 +193,7 @@ class ParkPullback(EditMethod):
         t = schedule.timesteps[i_edit]
         x_T, noises = start_noise(backbone, requests, sampler)
         cond = original_condition(backbone, requests, sampler)
+        cond_c = continuation_condition(backbone, requests, sampler, o.continue_prompt, o.continue_guidance)
         x_e = denoise(backbone, x_T, schedule, cond, stop=i_edit, eta=sampler.eta, noises=noises)
         x0 = denoise(backbone, x_e, schedule, cond, start=i_edit, eta=sampler.eta, noises=noises)
         originals = backbone.decode(x0)
@@ -229,9 +235,9 @@ class ParkPullback(EditMethod):
             images = originals[idx].clone()
             changed = [n for n in range(len(rows)) if not torch.equal(x_new[n], x[n])]
             if changed:  # an unchanged x_{t_edit} continues exactly as the original did
-                rows_cond = None if cond is None else Condition(cond.cond[[idx[n] for n in changed]],
-                                                                cond.uncond[[idx[n] for n in changed]],
-                                                                cond.guidance_scale)
+                rows_cond = None if cond_c is None else Condition(cond_c.cond[[idx[n] for n in changed]],
+                                                                  cond_c.uncond[[idx[n] for n in changed]],
+                                                                  cond_c.guidance_scale)
                 z = None if noises is None else noises[[idx[n] for n in changed]]
                 out = denoise(backbone, x_new[changed], schedule, rows_cond, start=i_edit, eta=sampler.eta, noises=z)
                 images[changed] = backbone.decode(out)
