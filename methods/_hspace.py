@@ -23,8 +23,8 @@ Strength scale (`strength_scale`):
   the papers' units, so the published strengths (Haas et al.'s README: PCA γ in ±5 std units, Jacobian
   γ = ±50-100) mean what they meant there; that is why it is the default (methods-spec: where code and
   paper leave a choice, default to the paper). Its drawback is that one γ means very different shifts
-  per method: on world-ddpm's mid-block ‖h_t‖ is 230-280 while the Jacobian's σ at t* is 0.045-0.06,
-  so γ = 100 moves h by ~2%, and random-direction's scale 20 is ~8% of ‖h‖.
+  per method: on world-ddpm's mid-block ‖h_t‖ is 230-280 while the Jacobian's σ at t* is 0.045-0.06
+  (issue 15's measurement), so γ = 100 moves h by ~2%, and random-direction's scale 20 is ~8% of ‖h‖.
 - "relative": ‖Δh_t‖ = |γ|·‖h_t‖ for every method, where ‖h_t‖ is the sample's own mid-block norm at that
   step (measured in the forward pass by MidBlockHook, conditional half under CFG). The method only
   chooses the direction (its Δh_t normalised per sample and step; the sign of γ kept); its own per-step

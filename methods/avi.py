@@ -12,8 +12,38 @@ Pipeline per request (one sample, prompt pair p_o -> p_t, strength γ):
      (J reverses the column order), U_B = U_A J, V_B = V_A J.
   4. S = f_θ(vec X) (MLP head 1). y_pred[c] = U_A(γ) diag(S) V_Aᵀ, where U_A(γ) scales the
      z-derived columns by γ (A4).
-  5. y_pred replaces x_{T_x}; denoising continues with p_o to t = 0.
+  5. y_pred replaces x_{T_x}; denoising continues to t = 0 "with the guidance of the original text prompt"
+     (Fig. 1 caption): `continue_prompt: original` at the run's CFG is the default. Other continuations are
+     options (empty / target prompt, any guidance). Measured on world-text2img (world suite, items
+     circle-large, circle-red, circle-square, circle-left, square-blue-bg, 4 seeds each, 20 steps, CFG 5,
+     strength 1, one training pair per item, 500 samples/pair, 5 epochs, width 256;
+     scripts/measure_continuation.py), with a control that continues the UNEDITED x_{T_x} the same way:
+       original @ CFG 5: flip 0/20, preservation 1.00 (control 0/20): the prompt regenerates the original;
+       empty @ 1 (no CFG): flip 0/20, validity 0.05, preservation 0.04 (control: 0/20, preservation 0.91):
+         y_pred is ~16% of x's norm (below), and without guidance such a latent decodes to no clean object;
+       target @ CFG 5: flip 20/20, preservation 1.00, but the control flips 17/20 too: the target prompt
+         edits, not AVI (this is the `sd` baseline started at T_x).
+     So none of the three shows an AVI edit here while ‖y_pred‖/‖x‖ ≈ 0.16; the default stays the paper's.
   The original image is the plain p_o trajectory from the same x_T (it shares steps 0..i_x-1).
+
+Why ‖y_pred‖/‖x‖ stalls (measured on world-text2img, item circle-large, x at t = 701, z at t = 601, k = 16,
+width 256, λ = 10; scripts/avi_stall.py; the training check is also a test):
+  - The objective is quadratic in (S, ΔS) and ΔS is free, so L2 and L4 only fix S + ΔS and S minimises
+    λ1 L1 + λ3 L3: the ridge system (λ1 G + λ3 I) S = λ1 b + λ3 σ_z with G_ij = (u_i·u_j)(v_i·v_j),
+    b_i = u_iᵀ Z v_i. At that optimum ‖y‖/‖x‖ = 1.044 (‖x‖ = 57.2; x's top 16 singular values hold 94-95%
+    of each channel's energy), so the reconstruction itself does not shrink y.
+  - Training reaches the optimum on its own pair: 235 Adam steps (500 samples/pair, 5 epochs, lr 1e-4) give
+    ‖S‖/‖S*‖ = 0.998 and ratio 1.044. The quickstart's 64 samples/pair × 3 channels / batch 32 × 2 epochs
+    = 12 steps stop at 0.035: the default-initialised MLP outputs ≈ 0.25 against targets σ ≈ 9-12 and Adam
+    moves each weight by about lr per step (under-training, the 0.01-0.035 of the issue).
+  - On samples it was not trained on, the same MLP gives 0.19 (0.16-0.23 over 6 held-out seeds), and still
+    0.19 after 1,880 steps at lr 1e-3: the ~0.2 plateau. A ReLU MLP fitted to ONE noise-dominated input
+    vec(X) does not carry its output to other inputs. With 8 training pairs per item: 0.60 (0.55-0.67).
+  So the stall is poor generalisation from one (x, z) pair per attribute (pairs_per_item = 1, the reading
+  A6 of "sampling number 5000 for one pair"), not a bug in the losses or the optimiser. Each row's info
+  records norm_ratio (‖y‖/‖x‖ on the edited sample, before renormalising) beside train_norm_ratio (the same
+  on the training pairs): both small = under-trained, only norm_ratio small = not generalising. Remedies
+  are options, not defaults: pairs_per_item (the paper's 500 per pair with > 5 pairs), renormalise.
 
 Training (in `prepare`, A5-A7): per suite item (one prompt pair = one attribute, as the paper
 "learns the attribute 'young'" from a prompt pair) `pairs_per_item` latent pairs (x, z) are sampled
@@ -49,6 +79,8 @@ Options (defaults in brackets):
   renormalise [False]  rescale each channel of y_pred to ‖x[c]‖_F (A11 / §9.11); the ratio
                        ‖y_pred‖_F/‖x‖_F before any rescaling is always logged as info["norm_ratio"].
   svd_dtype ["float64"]  precision of the SVDs ("float32" | "float64").
+  continue_prompt ["original"]  "original" | "empty" | "target": the prompt after step i_x (see step 5).
+  continue_guidance [None]  guidance after step i_x; None = the run's guidance scale, 1 = no CFG.
 """
 from __future__ import annotations
 

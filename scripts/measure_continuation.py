@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--items", default="circle-large,circle-red,circle-square,circle-left,square-blue-bg")
     ap.add_argument("--methods", default="avi,park")
     ap.add_argument("--avi-pairs", type=int, default=1)
+    ap.add_argument("--avi-renormalise", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     bb = load_backbone("world-text2img", device="cpu")
@@ -66,7 +67,8 @@ def main() -> None:
     for name in args.methods.split(","):
         t0 = time.time()
         if name == "avi":
-            base = dict(samples_per_pair=500, epochs=5, width=256, pairs_per_item=args.avi_pairs)
+            base = dict(samples_per_pair=500 if args.avi_pairs == 1 else 200, epochs=5, width=256,
+                        pairs_per_item=args.avi_pairs, renormalise=args.avi_renormalise)
             state = AVI(AVIOptions(**base)).prepare(bb, PrepareContext(suite=suite, sampler=sampler, seed=0))
         for prompt, guidance in CONTINUATIONS:
             if name == "avi":
