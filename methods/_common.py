@@ -1,7 +1,9 @@
-"""Pieces several methods share, written once: start noise per request, prompts, paired generation."""
+"""Pieces several methods share, written once: start noise per request, prompts, paired generation, and the
+condition a method continues with after an edit step (avi, park)."""
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Literal, Sequence
 
 import torch
 
@@ -9,6 +11,7 @@ from harness.config import SamplerConfig
 from harness.diffusion import Schedule, Trace, denoise, initial_noise, make_condition
 from harness.diffusion.backbone import Backbone
 from harness.diffusion.sampler import Condition, DeltaH
+from harness.errors import ConfigError
 from methods.base import EditOutput, EditRequest
 
 
@@ -31,16 +34,36 @@ def target_condition(backbone: Backbone, requests: Sequence[EditRequest], sample
     return make_condition(backbone, [r.item.target_prompt or r.item.prompt for r in requests], sampler.guidance_scale)
 
 
+ContinuePrompt = Literal["original", "empty", "target"]
+
+
+def continuation_condition(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig,
+                           prompt: ContinuePrompt, guidance: float | None) -> Condition | None:
+    """The condition for the steps after an edit step: the original, the empty or the target prompt, at
+    `guidance` (None = the run's guidance scale; 1 = the conditional ε alone, no CFG). None for
+    unconditional models."""
+    texts = {"original": lambda r: r.item.prompt, "empty": lambda r: "",
+             "target": lambda r: r.item.target_prompt or r.item.prompt}[prompt]
+    scale = sampler.guidance_scale if guidance is None else guidance
+    return make_condition(backbone, [texts(r) for r in requests], scale)
+
+
+def check_continuation_guidance(key: str, guidance: float | None) -> None:
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ConfigError(key, guidance, "null (the run's guidance scale) or a finite number >= 0",
+                          "1 means no classifier-free guidance")
+
+
 def generate(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig, *,
              delta_h: DeltaH | None = None, injection: str = "plain", cond: Condition | None = None,
-             trace: Trace | None = None) -> torch.Tensor:
+             trace: Trace | None = None, relative_delta: bool = False) -> torch.Tensor:
     """Full trajectory from each request's own x_T (and z_{T:1}), decoded to images in [0, 1]."""
     schedule = Schedule.from_backbone(backbone, sampler.num_steps)
     x_T, noises = start_noise(backbone, requests, sampler)
     if cond is None:
         cond = original_condition(backbone, requests, sampler)
     x0 = denoise(backbone, x_T, schedule, cond, eta=sampler.eta, noises=noises, delta_h=delta_h,
-                 injection=injection, trace=trace)
+                 injection=injection, trace=trace, relative_delta=relative_delta)
     return backbone.decode(x0)
 
 

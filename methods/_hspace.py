@@ -13,17 +13,39 @@
 - `align_signs`: Haas et al.'s sign alignment across timesteps (flip u_{j,t} if ⟨u_{j,0}, u_{j,t}⟩ < 0).
 - `flatten_trajectory`, `project_out`: inner products over the whole flattened h_{T:1} and eq. (12)
   solved through the normal equations (the projector is never formed).
+- `HSpaceEditOptions`, `steps_in_window`, `delta_schedule`: how every h-space method turns a strength into
+  Δh_t (written once here, inherited by the methods' options): the strength scale and the timestep window.
 - `edit_with_deltas`: the unedited and the edited image of each request, Δh_t given per request and step.
+
+Strength scale (`strength_scale`):
+- "absolute" (default): Δh_t is the method's own, strength included (γ·σ_{j,t}·u_{j,t} for hspace-pca,
+  γ·scale·σ_{j,t}·v_{j,t*} for jacobian, γ·v_t for supervised, γ·scale·v for random-direction). These are
+  the papers' units, so the published strengths (Haas et al.'s README: PCA γ in ±5 std units, Jacobian
+  γ = ±50-100) mean what they meant there; that is why it is the default (methods-spec: where code and
+  paper leave a choice, default to the paper). Its drawback is that one γ means very different shifts
+  per method: on world-ddpm's mid-block ‖h_t‖ is 230-280 while the Jacobian's σ at t* is 0.045-0.06
+  (issue 15's measurement), so γ = 100 moves h by ~2%, and random-direction's scale 20 is ~8% of ‖h‖.
+- "relative": ‖Δh_t‖ = |γ|·‖h_t‖ for every method, where ‖h_t‖ is the sample's own mid-block norm at that
+  step (measured in the forward pass by MidBlockHook, conditional half under CFG). The method only
+  chooses the direction (its Δh_t normalised per sample and step; the sign of γ kept); its own per-step
+  magnitudes (σ_{j,t}, scale, normalisation) no longer matter. γ = 0.1 is a 10% shift of h for every
+  method, the common scale a cross-method sweep needs.
+Window (`window: [lo, hi]`, fractions of T, default [0, 1] = every step as in the papers): Δh_t is added
+only at grid steps whose timestep t satisfies lo·T <= t <= hi·T (e.g. [0.5, 1] = the noisier half,
+where layout and colour are decided); the other steps run unedited.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 
 from harness.config import SamplerConfig
 from harness.diffusion import Schedule, Trace, denoise, initial_noise, make_condition
 from harness.diffusion.backbone import Backbone
+from harness.diffusion.sampler import DeltaH
 from harness.errors import ConfigError
 from harness.hashing import stable_seed
 from harness.suites import Suite, SuiteItem
@@ -185,12 +207,63 @@ def project_out(v0: torch.Tensor, removed: Sequence[torch.Tensor]) -> torch.Tens
     return out.reshape(v0.shape).to(device=v0.device, dtype=v0.dtype)
 
 
+# -- strength scale and timestep window, shared by every h-space method ------------------------------
+
+@dataclass(frozen=True)
+class HSpaceEditOptions:
+    """The options every h-space method inherits (see the module docstring): strength scale and window."""
+
+    strength_scale: Literal["absolute", "relative"] = "absolute"
+    window: tuple[float, float] = (0.0, 1.0)
+
+    def validate(self, prefix: str) -> None:
+        lo, hi = self.window
+        if not (0.0 <= lo <= hi <= 1.0 and math.isfinite(lo) and math.isfinite(hi)):
+            raise ConfigError(f"{prefix}.window", list(self.window), "[lo, hi] with 0 <= lo <= hi <= 1",
+                              "fractions of T, e.g. [0.5, 1.0] for the noisier half of the steps")
+
+
+def steps_in_window(schedule: Schedule, window: tuple[float, float]) -> list[bool]:
+    """Per grid step: does its timestep t lie in [lo·T, hi·T]?"""
+    lo, hi = window
+    big_t = schedule.num_train_timesteps
+    return [lo * big_t <= t <= hi * big_t for t in schedule.timesteps]
+
+
+def delta_schedule(delta_at: Callable[[int], torch.Tensor], strengths: Sequence[float], schedule: Schedule,
+                   spec: HSpaceEditOptions) -> tuple[DeltaH, bool]:
+    """(delta_h for `denoise`, its relative_delta flag) from the method's absolute Δh_t.
+
+    delta_at(i): the method's Δh at step i, (B, *h) with each request's strength already applied.
+    Relative: each sample's Δh_t is normalised and multiplied by |γ| (MidBlockHook then multiplies by ‖h_t‖);
+    a zero Δh (γ = 0) stays exactly zero, so strength 0 still gives the unedited image byte for byte.
+    Steps outside the window get no Δh at all.
+    """
+    inside = steps_in_window(schedule, spec.window)
+    relative = spec.strength_scale == "relative"
+    mags = torch.tensor([abs(float(s)) for s in strengths])
+
+    def delta_h(i: int) -> torch.Tensor | None:
+        if not inside[i]:
+            return None
+        d = delta_at(i)
+        if not relative:
+            return d
+        norms = d.flatten(1).norm(dim=1)
+        scale = torch.where(norms > 0, mags.to(d.device, d.dtype) / norms.clamp_min(torch.finfo(d.dtype).tiny),
+                            torch.zeros_like(norms))
+        return d * scale.view(-1, *([1] * (d.dim() - 1)))
+
+    return delta_h, relative
+
+
 # -- applying per-step directions -------------------------------------------------------------------
 
 def edit_with_deltas(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig,
-                     deltas: torch.Tensor, injection: str = "plain",
-                     info: Sequence[dict] | None = None) -> list[EditOutput]:
-    """Unedited and edited images; deltas (B, T, *h) hold each request's Δh_t (strength included).
+                     deltas: torch.Tensor, injection: str = "plain", info: Sequence[dict] | None = None,
+                     spec: HSpaceEditOptions = HSpaceEditOptions()) -> list[EditOutput]:
+    """Unedited and edited images; deltas (B, T, *h) hold each request's Δh_t (strength included, absolute),
+    applied with `spec`'s strength scale and window.
 
     A zero Δh (strength 0) adds exact zeros, so that image equals the unedited one byte for byte.
     """
@@ -198,6 +271,8 @@ def edit_with_deltas(backbone: Backbone, requests: Sequence[EditRequest], sample
         raise ValueError(f"directions have {deltas.shape[1]} steps but the sampler runs {sampler.num_steps}; "
                          "prepare and edit must use the same sampler")
     deltas = deltas.to(backbone.device)
+    schedule = Schedule.from_backbone(backbone, sampler.num_steps)
+    delta_h, relative = delta_schedule(lambda i: deltas[:, i], [r.strength for r in requests], schedule, spec)
     originals = generate(backbone, requests, sampler)
-    edited = generate(backbone, requests, sampler, delta_h=lambda i: deltas[:, i], injection=injection)
+    edited = generate(backbone, requests, sampler, delta_h=delta_h, injection=injection, relative_delta=relative)
     return pairs(originals, edited, info)

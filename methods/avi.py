@@ -12,8 +12,38 @@ Pipeline per request (one sample, prompt pair p_o -> p_t, strength γ):
      (J reverses the column order), U_B = U_A J, V_B = V_A J.
   4. S = f_θ(vec X) (MLP head 1). y_pred[c] = U_A(γ) diag(S) V_Aᵀ, where U_A(γ) scales the
      z-derived columns by γ (A4).
-  5. y_pred replaces x_{T_x}; denoising continues with p_o to t = 0.
+  5. y_pred replaces x_{T_x}; denoising continues to t = 0 "with the guidance of the original text prompt"
+     (Fig. 1 caption): `continue_prompt: original` at the run's CFG is the default. Other continuations are
+     options (empty / target prompt, any guidance). Measured on world-text2img (world suite, items
+     circle-large, circle-red, circle-square, circle-left, square-blue-bg, 4 seeds each, 20 steps, CFG 5,
+     strength 1, one training pair per item, 500 samples/pair, 5 epochs, width 256;
+     scripts/measure_continuation.py), with a control that continues the UNEDITED x_{T_x} the same way:
+       original @ CFG 5: flip 0/20, preservation 1.00 (control 0/20): the prompt regenerates the original;
+       empty @ 1 (no CFG): flip 0/20, validity 0.05, preservation 0.04 (control: 0/20, preservation 0.91):
+         y_pred is ~16% of x's norm (below), and without guidance such a latent decodes to no clean object;
+       target @ CFG 5: flip 20/20, preservation 1.00, but the control flips 17/20 too: the target prompt
+         edits, not AVI (this is the `sd` baseline started at T_x).
+     So none of the three shows an AVI edit here while ‖y_pred‖/‖x‖ ≈ 0.16; the default stays the paper's.
   The original image is the plain p_o trajectory from the same x_T (it shares steps 0..i_x-1).
+
+Why ‖y_pred‖/‖x‖ stalls (measured on world-text2img, item circle-large, x at t = 701, z at t = 601, k = 16,
+width 256, λ = 10; scripts/avi_stall.py; the training check is also a test):
+  - The objective is quadratic in (S, ΔS) and ΔS is free, so L2 and L4 only fix S + ΔS and S minimises
+    λ1 L1 + λ3 L3: the ridge system (λ1 G + λ3 I) S = λ1 b + λ3 σ_z with G_ij = (u_i·u_j)(v_i·v_j),
+    b_i = u_iᵀ Z v_i. At that optimum ‖y‖/‖x‖ = 1.044 (‖x‖ = 57.2; x's top 16 singular values hold 94-95%
+    of each channel's energy), so the reconstruction itself does not shrink y.
+  - Training reaches the optimum on its own pair: 235 Adam steps (500 samples/pair, 5 epochs, lr 1e-4) give
+    ‖S‖/‖S*‖ = 0.998 and ratio 1.044. The quickstart's 64 samples/pair × 3 channels / batch 32 × 2 epochs
+    = 12 steps stop at 0.035: the default-initialised MLP outputs ≈ 0.25 against targets σ ≈ 9-12 and Adam
+    moves each weight by about lr per step (under-training, the 0.01-0.035 of the issue).
+  - On samples it was not trained on, the same MLP gives 0.19 (0.16-0.23 over 6 held-out seeds), and still
+    0.19 after 1,880 steps at lr 1e-3: the ~0.2 plateau. A ReLU MLP fitted to ONE noise-dominated input
+    vec(X) does not carry its output to other inputs. With 8 training pairs per item: 0.60 (0.55-0.67).
+  So the stall is poor generalisation from one (x, z) pair per attribute (pairs_per_item = 1, the reading
+  A6 of "sampling number 5000 for one pair"), not a bug in the losses or the optimiser. Each row's info
+  records norm_ratio (‖y‖/‖x‖ on the edited sample, before renormalising) beside train_norm_ratio (the same
+  on the training pairs): both small = under-trained, only norm_ratio small = not generalising. Remedies
+  are options, not defaults: pairs_per_item (the paper's 500 per pair with > 5 pairs), renormalise.
 
 Training (in `prepare`, A5-A7): per suite item (one prompt pair = one attribute, as the paper
 "learns the attribute 'young'" from a prompt pair) `pairs_per_item` latent pairs (x, z) are sampled
@@ -49,6 +79,8 @@ Options (defaults in brackets):
   renormalise [False]  rescale each channel of y_pred to ‖x[c]‖_F (A11 / §9.11); the ratio
                        ‖y_pred‖_F/‖x‖_F before any rescaling is always logged as info["norm_ratio"].
   svd_dtype ["float64"]  precision of the SVDs ("float32" | "float64").
+  continue_prompt ["original"]  "original" | "empty" | "target": the prompt after step i_x (see step 5).
+  continue_guidance [None]  guidance after step i_x; None = the run's guidance scale, 1 = no CFG.
 """
 from __future__ import annotations
 
@@ -64,7 +96,10 @@ from harness.diffusion import Schedule, denoise, initial_noise, make_condition
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from harness.hashing import stable_seed
-from methods._common import original_condition, pairs, start_noise, target_condition
+from methods._common import (
+    ContinuePrompt, check_continuation_guidance, continuation_condition, original_condition, pairs, start_noise,
+    target_condition,
+)
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
 
 SUITE_KEY = "__suite__"
@@ -91,9 +126,12 @@ class AVIOptions:
     gamma_mode: Literal["z_columns", "z_columns_and_rows"] = "z_columns"
     renormalise: bool = False
     svd_dtype: Literal["float32", "float64"] = "float64"
+    continue_prompt: ContinuePrompt = "original"
+    continue_guidance: float | None = None
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
+        check_continuation_guidance(f"{p}continue_guidance", self.continue_guidance)
         if not 0.0 < self.t_x <= 1.0:
             raise ConfigError(f"{p}t_x", self.t_x, "a fraction in (0, 1]")
         if not 0.0 <= self.delta_tau < self.t_x:
@@ -285,7 +323,13 @@ def train_mlp(x: torch.Tensor, z: torch.Tensor, cfg: TrainConfig, seed: int,
                 last = float(loss.detach())
                 steps += 1
     mlp.eval()
-    return mlp, {"steps": steps, "first_loss": first, "final_loss": last}
+    # ‖U_A diag(S) V_Aᵀ‖/‖X‖ on the distinct training pairs (γ = 1): compare with the rows' norm_ratio on the
+    # samples being edited to tell under-training (both small) from poor generalisation (only the latter small).
+    with torch.no_grad():
+        u_a, v_a, _, _ = attribute_vectors(xs, zs, cfg.k, cfg.svd_dtype)
+        y = compose(u_a, mlp(mlp_features(xs, zs, cfg.mlp_input))[0], v_a)
+        train_ratio = float((y.flatten(1).norm(dim=1) / xs.flatten(1).norm(dim=1)).mean())
+    return mlp, {"steps": steps, "first_loss": first, "final_loss": last, "train_norm_ratio": train_ratio}
 
 
 # -- trajectories ---------------------------------------------------------------------------------
@@ -365,6 +409,10 @@ class AVI(EditMethod):
         return {"k": k, "width": width, "hw": hw, "mlp_input": o.mlp_input, "i_x": i_x, "i_z": i_z,
                 "scope": o.train_scope, "mlps": mlps, "train_stats": stats}
 
+    @staticmethod
+    def _key(state: dict, request: EditRequest) -> str:
+        return request.item.id if state["scope"] == "item" else SUITE_KEY
+
     def _mlp(self, state: dict, key: str, device: torch.device) -> AVIMLP:
         if key not in state["mlps"]:
             raise KeyError(f"AVI has no trained MLP for {key!r} (trained: {sorted(state['mlps'])})")
@@ -377,6 +425,29 @@ class AVI(EditMethod):
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
              sampler: SamplerConfig) -> list[EditOutput]:
         o = self.options
+        lat = self.edit_latents(backbone, state, requests, sampler)
+        schedule, i_x, x, y = lat["schedule"], lat["i_x"], lat["x"], lat["y"]
+        cond_o = original_condition(backbone, requests, sampler)
+        original = backbone.decode(denoise(backbone, x, schedule, cond_o, start=i_x, eta=sampler.eta,
+                                           noises=lat["noises"]))
+        cond_c = continuation_condition(backbone, requests, sampler, o.continue_prompt, o.continue_guidance)
+        edited = backbone.decode(denoise(backbone, y, schedule, cond_c, start=i_x, eta=sampler.eta,
+                                         noises=lat["noises"]))
+        x_norm = x.flatten(1).norm(dim=1)
+        info = [{"norm_ratio": float(lat["ratio"][n]), "i_x": i_x, "i_z": lat["i_z"], "k": state["k"],
+                 "final_norm_ratio": float(y[n].norm() / x_norm[n]), "continue_prompt": o.continue_prompt,
+                 "train_norm_ratio": state["train_stats"][self._key(state, r)].get("train_norm_ratio", float("nan"))}
+                for n, r in enumerate(requests)]
+        return pairs(original, edited, info)
+
+    @torch.no_grad()
+    def edit_latents(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
+                     sampler: SamplerConfig) -> dict:
+        """Steps 1-4 of the pipeline: x = x_{T_x}, z, and y_pred (the latent that replaces x at step i_x).
+
+        Returns schedule, i_x, i_z, x, z, y (B, C, H, W), noises and ratio = ‖y‖_F/‖x‖_F before any renormalising.
+        """
+        o = self.options
         k = state["k"]
         schedule = Schedule.from_backbone(backbone, sampler.num_steps)
         i_x, i_z = edit_steps(schedule, o.t_x, o.delta_tau)
@@ -388,7 +459,7 @@ class AVI(EditMethod):
         # S = f_θ(vec X) per channel, with each request's own MLP (per item or one for the suite).
         b, c = x.shape[:2]
         s = torch.empty(b, c, 2 * k, device=x.device)
-        keys = [r.item.id if state["scope"] == "item" else SUITE_KEY for r in requests]
+        keys = [self._key(state, r) for r in requests]
         for key in dict.fromkeys(keys):
             rows = [n for n, kk in enumerate(keys) if kk == key]
             mlp = self._mlp(state, key, x.device)
@@ -404,8 +475,5 @@ class AVI(EditMethod):
             scale = x.flatten(2).norm(dim=2) / y.flatten(2).norm(dim=2).clamp_min(1e-12)
             y = y * scale[..., None, None]
 
-        original = backbone.decode(denoise(backbone, x, schedule, cond_o, start=i_x, eta=sampler.eta, noises=noises))
-        edited = backbone.decode(denoise(backbone, y, schedule, cond_o, start=i_x, eta=sampler.eta, noises=noises))
-        info = [{"norm_ratio": float(ratio[n]), "i_x": i_x, "i_z": i_z, "k": k,
-                 "final_norm_ratio": float(y[n].norm() / x_norm[n])} for n in range(b)]
-        return pairs(original, edited, info)
+        return {"schedule": schedule, "i_x": i_x, "i_z": i_z, "x": x, "z": z, "y": y, "noises": noises,
+                "ratio": ratio}

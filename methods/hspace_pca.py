@@ -23,6 +23,8 @@ Options:
 - random_control (bool, false): edit along random directions instead, with the PC's per-step norm
   (one Gaussian direction per step, drawn once in prepare from the preparation seed).
 - injection ("plain" | "asyrp", "plain"): how Δh enters the DDIM step (the paper uses plain).
+- strength_scale ("absolute" | "relative", "absolute"), window ([lo, hi], [0, 1]): shared by every h-space
+  method (methods/_hspace.py): γ in the method's units or as a fraction of ‖h_t‖; the steps that get Δh.
 - batch_size (int, 16): samples denoised together while recording h.
 - fit_batch_size (int, 100): rows gathered before each incremental-PCA update (official code: 1000).
 - sketch_rank (int or null, null = n_components as sklearn): rank kept between updates; exact when the
@@ -41,13 +43,13 @@ from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
 from methods._hspace import (
-    TimestepIPCA, align_signs, edit_with_deltas, prompt_groups, prompt_key, record_batches, require_attributes,
-    sample_seeds,
+    HSpaceEditOptions, TimestepIPCA, align_signs, edit_with_deltas, prompt_groups, prompt_key, record_batches,
+    require_attributes, sample_seeds,
 )
 
 
 @dataclass(frozen=True)
-class HSpacePCAOptions:
+class HSpacePCAOptions(HSpaceEditOptions):
     n_samples: int = 500
     n_components: int = 10
     component: int = 0
@@ -60,6 +62,7 @@ class HSpacePCAOptions:
     sketch_rank: int | None = None
 
     def validate(self, prefix: str) -> None:
+        super().validate(prefix)
         for name in ("n_samples", "n_components", "batch_size", "fit_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
@@ -148,4 +151,4 @@ class HSpacePCA(EditMethod):
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
              sampler: SamplerConfig) -> list[EditOutput]:
         deltas, info = self.deltas(state, requests, backbone)
-        return edit_with_deltas(backbone, requests, sampler, deltas, self.options.injection, info)
+        return edit_with_deltas(backbone, requests, sampler, deltas, self.options.injection, info, spec=self.options)

@@ -38,6 +38,8 @@ Options:
   preparation seed): noise seed of the reference sample; text models get one reference per suite prompt.
 - warm_start (bool, False): start step t's iteration from step t−1's vectors (Alg. 1's optional V).
 - injection ("plain" | "asyrp", "plain"): how Δh enters the DDIM step (the paper's results use plain).
+- strength_scale ("absolute" | "relative", "absolute"), window ([lo, hi], [0, 1]): shared by every h-space
+  method (methods/_hspace.py); "relative" makes ‖Δh_t‖ = |strength|·‖h_t‖ along v_{j,t*} (σ and scale drop out).
 """
 from __future__ import annotations
 
@@ -54,12 +56,13 @@ from harness.diffusion.sampler import Condition
 from harness.errors import ConfigError
 from harness.hashing import stable_seed
 from methods._common import original_condition, pairs, start_noise
+from methods._hspace import HSpaceEditOptions, delta_schedule
 from methods._subspace import StopCriterion, subspace_iteration, working_dtype
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
 
 
 @dataclass(frozen=True)
-class JacobianOptions:
+class JacobianOptions(HSpaceEditOptions):
     k: int = 3
     variant: Literal["batched", "sequential"] = "batched"
     block_size: int = 1
@@ -75,6 +78,7 @@ class JacobianOptions:
     injection: Literal["plain", "asyrp"] = "plain"
 
     def validate(self, prefix: str) -> None:
+        super().validate(prefix)
         if self.k < 1:
             raise ConfigError(f"{prefix}.k", self.k, "an integer >= 1")
         if not 0 <= self.component < self.k:
@@ -258,11 +262,12 @@ class JacobianSubspace(EditMethod):
         view = (-1,) + (1,) * (vectors.dim() - 1)
         device = backbone.device
 
-        def delta_h(i: int) -> torch.Tensor:
+        def delta_at(i: int) -> torch.Tensor:
             return ((strengths * svals[:, i]).view(view) * vectors).to(device)
 
+        delta_h, relative = delta_schedule(delta_at, [r.strength for r in requests], schedule, o)
         x0_edit = denoise(backbone, x_T, schedule, cond, eta=sampler.eta, noises=noises, delta_h=delta_h,
-                          injection=o.injection)
+                          injection=o.injection, relative_delta=relative)
         edited = backbone.decode(x0_edit)
         info = [{"component": j, "source_step": d["source_step"], "sigma_source": float(d["sigmas"][j, d["source_step"]]),
                  "iterations": d["iterations"], "converged": d["converged"], "directions_from": o.directions_from}

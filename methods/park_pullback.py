@@ -15,8 +15,17 @@ Edit, for a request of strength s:
    (ε conditional on c_edit, no CFG, as in the official code). The request strength multiplies λ
    [ASSUMPTION: the official code sweeps the iterate count instead; scaling λ keeps N_g fixed and makes
    strength 0 the unedited image]. guidance="plain" is the paper's x' = x + s·plain_scale·v_k instead;
-4. continue DDIM from t_edit to 0 with the original prompt and the run's CFG (A9; the official default is
-   no CFG and an empty forward prompt, §9.21).
+4. continue DDIM from t_edit to 0 with `continue_prompt` at `continue_guidance`: by default the empty prompt
+   without CFG, the official code's default (`for_prompt = ""`, `guidance_scale = 0`, and its
+   `DDIMforwardsteps` applies CFG only when guidance_scale > 1). methods-spec A9 proposed the original prompt
+   at the run's CFG for parity; measured on world-text2img (world suite, items circle-large, circle-red,
+   circle-square, circle-left, square-blue-bg, 4 seeds each, 20 steps, CFG 5, strength 1, pca_rank 2,
+   N_g = 8; scripts/measure_continuation.py), that continuation regenerates the original from the edited
+   x_{t_edit}: oracle flip 0/20, preservation 1.00. The empty prompt without CFG keeps part of the edit:
+   flip 1/20, preservation 0.75, validity 0.80 (continuing the UNEDITED state that way: flip 0/20,
+   preservation 0.91, so the flip is the edit's, and the continuation alone costs ~9% preservation).
+   The target prompt at CFG 5: see the measured line in the Options below.
+   Strength 0 (x_{t_edit} unchanged) still returns the original image exactly, whatever the continuation.
 The component k and the sign are chosen per request among {pc0..pc(n−1)} × {+, −} by the highest scorer
 value of the finished image against the target prompt (A10: the official use is manual), and recorded in
 EditOutput.info. Unconditional models are supported too (no prompt; Park et al.'s CelebA setting uses
@@ -36,6 +45,10 @@ Options:
   request's own strength (the chosen candidate is the output); a number makes the choice the same
   across a strength sweep of one sample, then applies it at the request's strength.
 - scorer (ScorerSpec, kind "clip"): the image scorer of the automatic choice (methods/_scorers.py).
+- continue_prompt ("original" | "empty" | "target", "empty"), continue_guidance (float | null = the run's
+  guidance scale, 1.0): the condition of the steps after t_edit (methods/_common.continuation_condition).
+  Measured as in step 4 with the target prompt at CFG 5: flip 17/20, preservation 1.00, but
+  the unedited control flips 17/20 as well: there the prompt edits, not the pullback direction.
 """
 from __future__ import annotations
 
@@ -51,7 +64,9 @@ from harness.diffusion.backbone import Backbone
 from harness.diffusion.sampler import Condition
 from harness.errors import ConfigError
 from harness.hashing import stable_seed
-from methods._common import original_condition, pairs, start_noise
+from methods._common import (
+    ContinuePrompt, check_continuation_guidance, continuation_condition, original_condition, pairs, start_noise,
+)
 from methods._scorers import Scorer, ScorerSpec, make_scorer
 from methods._subspace import StopCriterion, SubspaceResult, subspace_iteration, working_dtype
 from methods.base import EditMethod, EditOutput, EditRequest, register_method
@@ -76,8 +91,11 @@ class ParkOptions:
     sign: Literal["auto", "positive", "negative"] = "auto"
     select_strength: float | None = None
     scorer: ScorerSpec = field(default_factory=ScorerSpec)
+    continue_prompt: ContinuePrompt = "empty"
+    continue_guidance: float | None = 1.0
 
     def validate(self, prefix: str) -> None:
+        check_continuation_guidance(f"{prefix}.continue_guidance", self.continue_guidance)
         if self.pca_rank < 1:
             raise ConfigError(f"{prefix}.pca_rank", self.pca_rank, "an integer >= 1")
         if not 0.0 <= self.t_edit <= 1.0:
@@ -188,6 +206,7 @@ class ParkPullback(EditMethod):
         t = schedule.timesteps[i_edit]
         x_T, noises = start_noise(backbone, requests, sampler)
         cond = original_condition(backbone, requests, sampler)
+        cond_c = continuation_condition(backbone, requests, sampler, o.continue_prompt, o.continue_guidance)
         x_e = denoise(backbone, x_T, schedule, cond, stop=i_edit, eta=sampler.eta, noises=noises)
         x0 = denoise(backbone, x_e, schedule, cond, start=i_edit, eta=sampler.eta, noises=noises)
         originals = backbone.decode(x0)
@@ -229,9 +248,9 @@ class ParkPullback(EditMethod):
             images = originals[idx].clone()
             changed = [n for n in range(len(rows)) if not torch.equal(x_new[n], x[n])]
             if changed:  # an unchanged x_{t_edit} continues exactly as the original did
-                rows_cond = None if cond is None else Condition(cond.cond[[idx[n] for n in changed]],
-                                                                cond.uncond[[idx[n] for n in changed]],
-                                                                cond.guidance_scale)
+                rows_cond = None if cond_c is None else Condition(cond_c.cond[[idx[n] for n in changed]],
+                                                                  cond_c.uncond[[idx[n] for n in changed]],
+                                                                  cond_c.guidance_scale)
                 z = None if noises is None else noises[[idx[n] for n in changed]]
                 out = denoise(backbone, x_new[changed], schedule, rows_cond, start=i_edit, eta=sampler.eta, noises=z)
                 images[changed] = backbone.decode(out)

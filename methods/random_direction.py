@@ -4,7 +4,9 @@ Haas et al. (FG 2024, Fig. 4b) use random h-space directions as the control that
 directions are meaningful. Here: one fixed random unit direction in h-space, drawn in `prepare`
 from the preparation seed, added at every step as Δh_t = strength · scale · v.
 
-Options: scale (float, default 1.0): norm of Δh at strength 1, in units of ‖v‖ = 1.
+Options: scale (float, default 1.0): norm of Δh at strength 1, in units of ‖v‖ = 1; strength_scale and
+window, shared by every h-space method (methods/_hspace.py; with strength_scale "relative" the shift is
+strength · ‖h_t‖ along v and `scale` only matters through its sign).
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ from harness.config import SamplerConfig
 from harness.diffusion import h_shape
 from harness.diffusion.backbone import Backbone
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
-from methods._common import generate, pairs, per_request_delta
+from methods._common import per_request_delta
+from methods._hspace import HSpaceEditOptions, edit_with_deltas
 
 
 @dataclass(frozen=True)
-class RandomDirectionOptions:
+class RandomDirectionOptions(HSpaceEditOptions):
     scale: float = 1.0
 
 
@@ -36,8 +39,7 @@ class RandomDirection(EditMethod):
 
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
              sampler: SamplerConfig) -> list[EditOutput]:
-        v = state["direction"].to(backbone.device) * self.options.scale
-        delta = per_request_delta(v, [r.strength for r in requests])
-        originals = generate(backbone, requests, sampler)
-        edited = generate(backbone, requests, sampler, delta_h=lambda step: delta)
-        return pairs(originals, edited)
+        v = state["direction"] * self.options.scale
+        delta = per_request_delta(v, [r.strength for r in requests])        # (B, *h), the same at every step
+        steps = delta.unsqueeze(1).expand(-1, sampler.num_steps, *delta.shape[1:])
+        return edit_with_deltas(backbone, requests, sampler, steps, spec=self.options)

@@ -29,6 +29,8 @@ Options:
   items use; a list applies to every attribute (an attribute is never projected out of itself); a mapping
   names them per attribute (attributes not in it keep their original direction).
 - injection ("plain" | "asyrp", "plain"): how Δh enters the DDIM step.
+- strength_scale ("absolute" | "relative", "absolute"), window ([lo, hi], [0, 1]): shared by every h-space
+  method (methods/_hspace.py): γ in the method's units or as a fraction of ‖h_t‖; the steps that get Δh.
 - batch_size (int, 16): samples denoised together.
 - real_examples (mapping attribute -> {positive: folder, negative: folder, transform}, {}): learn that
   attribute's direction from labelled real images instead of scored samples (Haas et al. SM F: DDIM-invert
@@ -47,8 +49,8 @@ from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
 from methods._hspace import (
-    edit_with_deltas, project_out, prompt_groups, prompt_key, record_batches, record_real, require_attributes,
-    sample_seeds,
+    HSpaceEditOptions, edit_with_deltas, project_out, prompt_groups, prompt_key, record_batches, record_real,
+    require_attributes, sample_seeds,
 )
 from methods._scorers import ScorerSpec, make_scorer
 
@@ -63,7 +65,7 @@ class RealExamples:
 
 
 @dataclass(frozen=True)
-class SupervisedOptions:
+class SupervisedOptions(HSpaceEditOptions):
     n_samples: int = 200
     n_examples: int = 20
     scorer: ScorerSpec = field(default_factory=ScorerSpec)
@@ -73,6 +75,7 @@ class SupervisedOptions:
     real_examples: dict[str, RealExamples] = field(default_factory=dict)
 
     def validate(self, prefix: str) -> None:
+        super().validate(prefix)
         for name in ("n_samples", "n_examples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
@@ -199,4 +202,5 @@ class Supervised(EditMethod):
             out.append(r.strength * v)
             info.append({"attribute": r.item.attribute, "disentangled": "disentangled" in group,
                          "direction_norm": float(v.norm())})
-        return edit_with_deltas(backbone, requests, sampler, torch.stack(out), self.options.injection, info)
+        return edit_with_deltas(backbone, requests, sampler, torch.stack(out), self.options.injection, info,
+                                spec=self.options)

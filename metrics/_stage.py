@@ -145,7 +145,10 @@ def mean_aggregates(per_image: pd.DataFrame, metric: str, ctx: StageContext | No
     out = []
     for key, g in sub.groupby(list(GROUP_KEYS) + prov_cols, sort=True, dropna=False):
         v = g["value"].to_numpy(np.float64)
-        mean = float(v.mean())
+        # NaN marks a unit the metric does not apply to (oracle_flip when the original already had the
+        # target value): the group's value is the mean over the other units, n counts only them.
+        v = v[~np.isnan(v)]
+        mean = float(v.mean()) if len(v) else np.nan
         group = key[:len(GROUP_KEYS)]
         out.append({**dict(zip(list(GROUP_KEYS) + prov_cols, key)), "metric": metric,
                     "value": max(mean, 0.0) if clamp else mean,

@@ -1,16 +1,24 @@
-"""Oracle metrics for runs on the embedded world: exact checks of what an edit changed.
+"""Oracle metrics for runs on a procedural world (harness.world.registry): exact checks of what an edit changed.
 
-For an edit whose attribute targets (factor, value) — from the suite's attributes — the oracle
-reads the original and the edited image:
-- oracle_valid: the edited image shows exactly one clean object;
+For an edit whose attribute targets (factor, value) — from the suite's attributes — the suite's world's oracle
+reads the original and the edited image (`unit_values` turns the two readings into the unit's values):
+- oracle_valid: the edited image is one clean scene of the world (shapes: one object; faces: one face);
 - oracle_success: the edited image's target factor equals the asked-for value;
+- oracle_base_rate: the original already had the asked-for value (1), did not (0), or could not be read
+  (NaN); its mean is the share of units a no-op would "succeed" on;
+- oracle_flip: success among the units whose original was valid and NOT already at the target value,
+  NaN for every other unit. `oracle_success` counts a no-op as a success whenever the original already
+  had the target value (about one unit in two for "large" on an unconditional model), so it cannot tell
+  a working method from one that changes nothing; `oracle_flip` can: a no-op scores exactly 0.
+  Aggregates skip the NaNs (the mean over eligible units only; NaN where no unit is eligible);
 - oracle_preservation: the fraction of the other factors left unchanged;
 - oracle_changed:<factor>: whether that factor changed (rows of the oracle disentanglement matrix).
-Invalid readings count as failures (success 0, preservation 0, changed 1).
+Invalid readings count as failures (success 0, flip 0 when eligible, preservation 0, changed 1).
 """
 from __future__ import annotations
 
-from typing import Mapping
+import math
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,12 +33,39 @@ PROVENANCE = Provenance("oracle", "harness.world.oracle.read_scene (exact factor
 FACES_PROVENANCE = Provenance("oracle", "harness.world.faces.oracle.read_face (analysis by synthesis)", "1",
                               "faces-oracle", "", "none (native resolution)")
 # The oracle's metrics and their directions, declared once: the stage and the reports read them from here.
+# oracle_flip leads: it is the edit column a no-op cannot score on.
 METRICS = (
+    MetricSpec("oracle_flip", "per_image", "max"),
+    MetricSpec("oracle_base_rate", "per_image", None),
     MetricSpec("oracle_valid", "per_image", "max"),
     MetricSpec("oracle_success", "per_image", "max"),
     MetricSpec("oracle_preservation", "per_image", "max"),
     MetricSpec("oracle_changed:", "per_image", None, family=True, leaderboard=False),
 )
+# Per-unit metrics whose value is NaN where the unit does not count (aggregated over the others only).
+NAN_WHEN_INELIGIBLE = ("oracle_base_rate", "oracle_flip")
+
+
+def unit_values(orig: Any, edit: Any, factor: str, wanted: str, factor_names: Sequence[str]) -> dict[str, float]:
+    """One unit's oracle values from the readings of its original and edited image.
+
+    orig / edit: oracle readings with `valid` and one attribute per factor (any world's reading).
+    """
+    valid = orig.valid and edit.valid
+    success = float(edit.valid and getattr(edit, factor) == wanted)
+    already = orig.valid and getattr(orig, factor) == wanted
+    others = [f for f in factor_names if f != factor]
+    kept = [getattr(orig, f) == getattr(edit, f) for f in others] if valid else [False] * len(others)
+    out = {
+        "oracle_valid": float(edit.valid),
+        "oracle_success": success,
+        "oracle_base_rate": float(already) if orig.valid else math.nan,
+        "oracle_flip": success if (orig.valid and not already) else math.nan,
+        "oracle_preservation": float(np.mean(kept)),
+    }
+    out.update({f"oracle_changed:{f}": float(not valid or getattr(orig, f) != getattr(edit, f))
+                for f in factor_names})
+    return out
 
 
 def oracle_per_image(done: pd.DataFrame, store: ImageStore, targets: Mapping[str, tuple[str, ...]]) -> pd.DataFrame:
@@ -42,24 +77,17 @@ def oracle_per_image(done: pd.DataFrame, store: ImageStore, targets: Mapping[str
         # one column set per metric: readings of two worlds have different factors and provenance
         raise ValueError(f"a run's oracle targets span several worlds {sorted(worlds)}; run each world apart")
     world = get_world(worlds.pop() if worlds else "shapes")
-    FACTOR_NAMES, read_scene = world.factor_names, world.read
     provenance = FACES_PROVENANCE if world.name == "faces" else PROVENANCE
 
     sub = done[done["attribute"].isin(list(targets))].reset_index(drop=True)
-    values: dict[str, list[float]] = {"oracle_valid": [], "oracle_success": [], "oracle_preservation": []}
-    values.update({f"oracle_changed:{f}": [] for f in FACTOR_NAMES})
+    names = ["oracle_valid", "oracle_success", "oracle_base_rate", "oracle_flip", "oracle_preservation"]
+    values: dict[str, list[float]] = {m: [] for m in names + [f"oracle_changed:{f}" for f in world.factor_names]}
     for row in sub.itertuples():
         factor, wanted = targets[row.attribute][:2]
-        orig = read_scene(store.load_batch([row.original_path])[0].permute(1, 2, 0).numpy())
-        edit = read_scene(store.load_batch([row.edited_path])[0].permute(1, 2, 0).numpy())
-        valid = orig.valid and edit.valid
-        values["oracle_valid"].append(float(edit.valid))
-        values["oracle_success"].append(float(edit.valid and getattr(edit, factor) == wanted))
-        others = [f for f in FACTOR_NAMES if f != factor]
-        kept = [getattr(orig, f) == getattr(edit, f) for f in others] if valid else [False] * len(others)
-        values["oracle_preservation"].append(float(np.mean(kept)))
-        for f in FACTOR_NAMES:
-            values[f"oracle_changed:{f}"].append(float(not valid or getattr(orig, f) != getattr(edit, f)))
+        orig = world.read(store.load_batch([row.original_path])[0].permute(1, 2, 0).numpy())
+        edit = world.read(store.load_batch([row.edited_path])[0].permute(1, 2, 0).numpy())
+        for m, v in unit_values(orig, edit, factor, wanted, world.factor_names).items():
+            values[m].append(v)
     meta = sub[list(META_COLUMNS)]
     frames = [meta.assign(metric=m, value=v, **provenance.columns()) for m, v in values.items()]
     return pd.concat(frames, ignore_index=True) if len(sub) else \

@@ -26,6 +26,10 @@ class MidBlockHook:
 
     Attributes set by callers before a forward pass:
     - `delta`: tensor added to h (plain injection), or None;
+    - `relative`: when True, `delta` is in units of ‖h‖: the shift added to sample b is delta_b · ‖h_b‖, with
+      ‖h_b‖ the Frobenius norm of the h the model produced for sample b at this pass (its conditional
+      half under CFG; the same shift then goes to both halves, like an absolute one);
+    - `samples`: the number of samples B in the UNet batch (B, or 2B under CFG); needed when `relative`;
     - `replace`: tensor substituted for h (to differentiate the UNet output with respect to h), or None.
     After a forward pass `last` holds the (possibly shifted) h of the whole batch and `raw` the h the
     model produced before any shift.
@@ -34,6 +38,8 @@ class MidBlockHook:
     def __init__(self, unet: Any) -> None:
         self.unet = unet
         self.delta: torch.Tensor | None = None
+        self.relative = False
+        self.samples: int | None = None
         self.replace: torch.Tensor | None = None
         self.last: torch.Tensor | None = None
         self.raw: torch.Tensor | None = None
@@ -45,9 +51,18 @@ class MidBlockHook:
         if self.replace is not None:
             h = expand_to(self.replace, h)
         if self.delta is not None:
-            h = h + expand_to(self.delta, h)
+            delta = self.delta
+            if self.relative:
+                delta = delta.to(h.dtype) * self.h_norms(output).view(-1, *([1] * (h.dim() - 1)))
+            h = h + expand_to(delta, h)
         self.last = h
         return h
+
+    def h_norms(self, h: torch.Tensor) -> torch.Tensor:
+        """‖h_b‖ per sample (B,), from the conditional half (the last B rows) of the UNet batch."""
+        if self.samples is None:
+            raise ValueError("a relative Δh needs hook.samples (the number of samples in the batch)")
+        return h[-self.samples:].flatten(1).norm(dim=1)
 
     def __enter__(self) -> "MidBlockHook":
         if self.unet.mid_block is None:
@@ -59,6 +74,7 @@ class MidBlockHook:
         self._handle.remove()
         self._handle = None
         self.delta = self.replace = self.last = self.raw = None
+        self.relative, self.samples = False, None
 
 
 def h_shape(backbone: Any) -> tuple[int, ...]:

@@ -158,11 +158,13 @@ def denoise(
     delta_h: DeltaH | None = None,
     injection: Literal["plain", "asyrp"] = "plain",
     trace: Trace | None = None,
+    relative_delta: bool = False,
 ) -> torch.Tensor:
     """Run DDIM steps start..stop-1 from state x (B, C, H, W); returns the state after the last step.
 
     noises: (B, num_steps, C, H, W) variance noise, indexed by grid step, required when eta > 0.
     delta_h(i): Δh for step i (B or 1, *h_shape) or None; injected as `injection` says.
+    relative_delta: delta_h(i) is in units of each sample's ‖h_t‖ at that pass (MidBlockHook.relative).
     """
     stop = len(schedule) if stop is None else stop
     x = x.float()
@@ -178,7 +180,7 @@ def denoise(
             if trace is not None:
                 trace.steps.append(i)
             if hook is not None:
-                hook.delta = delta
+                hook.delta, hook.relative, hook.samples = delta, relative_delta, batch
             eps = predict_eps(backbone, x, t, cond, hook)
             if trace is not None and trace.record_h:
                 # Record the unshifted h: what the model produced before the edit.

@@ -1,7 +1,8 @@
 """The static per-run HTML report: results/<run>/report.html, opened from disk, no server, no script.
 
-Sections: leaderboard; plots as inline SVG (each metric vs edit strength per method, runtime per
-method, disentanglement matrices as heatmaps); image grids per (method, model, suite) with rows =
+Sections: leaderboard; plots as inline SVG (each metric vs edit strength per method, the oracle flip rate
+against preservation over a strength sweep per method and attribute, runtime per method, disentanglement
+matrices as heatmaps); image grids per (method, model, suite) with rows =
 samples (item, seed) and columns = the original then each strength, sorted; the run's manifest and
 config. Images are linked by their relative paths under the run directory, never inlined.
 """
@@ -16,6 +17,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from harness.reports import curves
 from harness.reports.data import RunData, load_run
 from harness.reports.render import to_html
 from harness.reports.svg import PALETTE, Series, bar_chart, heatmap, line_chart
@@ -64,7 +66,7 @@ def _metric_plots(run: RunData, board: Leaderboard) -> list[str]:
     colors = _colors(run)
     svgs = []
     for col in board.columns:
-        if col.metric in (RUNTIME, PREPARE):
+        if col.metric in (RUNTIME, PREPARE) or not col.spread:  # one value per row (e.g. the trade-off summary)
             continue
         per_seed = col.spread == "seeds"
         src = _matching(run.per_image if per_seed else run.aggregates, col)
@@ -85,6 +87,37 @@ def _metric_plots(run: RunData, board: Leaderboard) -> list[str]:
                                  color=colors.get(tuple(key))))
         spread = "mean ± std over seeds" if per_seed else "mean over attributes"
         svgs.append(line_chart(series, f"{col.name} vs edit strength", "edit strength", f"{col.name} ({spread})"))
+    return svgs
+
+
+RATE_TICKS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def _tradeoff_plots(run: RunData) -> list[str]:
+    """Flip rate against preservation, one point per strength, per (model, suite): all attributes pooled,
+    then each attribute; one line per method (curves.py defines the points)."""
+    p = run.per_image
+    if p.empty:
+        return []
+    keys = ["method", "model", "suite"]
+    colors = _colors(run)
+    svgs = []
+    pooled = curves.curve_points(p, keys)
+    by_attr = curves.curve_points(p, keys + ["attribute"])
+    for (model, suite), g in pooled.groupby(["model", "suite"], sort=True):
+        panels = [("all attributes", g)] + [
+            (f"attribute {a}", ga) for a, ga in by_attr[(by_attr["model"] == model) & (by_attr["suite"] == suite)]
+            .groupby("attribute", sort=True)]
+        for label, frame in panels:
+            series = []
+            for method, gm in frame.groupby("method", sort=True):
+                series.append(Series(str(method), list(gm["preservation"]), list(gm["flip"]),
+                                     color=colors.get((method, model, suite)),
+                                     labels=[f"strength {s:g}, {n} eligible" for s, n in
+                                             zip(gm["strength"], gm["n_eligible"])]))
+            svgs.append(line_chart(series, f"flip vs preservation: {model} · {suite} · {label}",
+                                   "oracle_preservation (one point per strength)", "oracle_flip",
+                                   x_ticks=RATE_TICKS, y_ticks=RATE_TICKS))
     return svgs
 
 
@@ -201,6 +234,7 @@ def render_html(run: RunData, board: Leaderboard | None = None, max_samples: int
     plots = _metric_plots(run, board)
     runtime = _runtime_plot(run, board)
     heat = _heatmaps(run)
+    tradeoff = _tradeoff_plots(run)
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         '<link rel="icon" href="data:,">',
@@ -213,6 +247,10 @@ def render_html(run: RunData, board: Leaderboard | None = None, max_samples: int
         '<h2 id="plots">Plots</h2>',
         '<h3>Metrics vs edit strength</h3><div class="plots">' + ("".join(plots) or "<p>no metric values</p>")
         + "</div>",
+        '<h3>Flip rate vs preservation (strength sweep)</h3><p class="notes">Oracle flip rate (eligible units: '
+        "original not already at the target) against oracle preservation; each point is one strength (hover for "
+        "it); up and to the right is better.</p><div class=\"plots\">"
+        + ("".join(tradeoff) or "<p>no oracle_flip / oracle_preservation values</p>") + "</div>",
         '<h3>Runtime</h3><div class="plots">' + (runtime or "<p>no runtime values</p>") + "</div>",
         '<h3>Disentanglement matrices</h3><div class="plots">'
         + ("".join(heat) or "<p>no disentanglement aggregates (metrics.disentanglement) or oracle matrices</p>")

@@ -21,6 +21,7 @@ class Series:
     y: Sequence[float]
     err: Sequence[float] | None = None
     color: str | None = None  # default: the palette by position
+    labels: Sequence[str] | None = None  # per point, shown in its tooltip (e.g. the strength behind it)
 
 
 def _ok(v: float | None) -> bool:
@@ -75,17 +76,21 @@ def _axes(out: list[str], box: tuple[float, float, float, float], yticks: list[f
 
 
 def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str, width: int = 520,
-               height: int = 280) -> str:
-    """One line per series (points sorted by x), error bars where `err` is given, legend on the right."""
+               height: int = 280, x_ticks: Sequence[float] | None = None,
+               y_ticks: Sequence[float] | None = None) -> str:
+    """One line per series (points sorted by x), error bars where `err` is given, legend on the right.
+
+    x_ticks / y_ticks fix the axes (e.g. [0, 0.25, ..., 1] for rates); default: from the data.
+    """
     pts = [(x, y, e) for s in series for x, y, e in zip(s.x, s.y, s.err or [None] * len(s.x)) if _ok(y)]
     out = _open(width, height, title)
     if not pts:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" {FONT}>no values</text></svg>')
         return "\n".join(out)
     ys = [y for _, y, _ in pts] + [y + e for _, y, e in pts if _ok(e)] + [y - e for _, y, e in pts if _ok(e)]
-    yticks = nice_ticks(min(ys), max(ys))
+    yticks = list(y_ticks) if y_ticks else nice_ticks(min(ys), max(ys))
     xs = sorted({x for x, _, _ in pts})
-    xticks = xs if len(xs) <= 8 else nice_ticks(xs[0], xs[-1])
+    xticks = list(x_ticks) if x_ticks else (xs if len(xs) <= 8 else nice_ticks(xs[0], xs[-1]))
     x_lo, x_hi = min(xticks[0], xs[0]), max(xticks[-1], xs[-1])
     if x_hi == x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
@@ -103,16 +108,18 @@ def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str,
         out.append(f'<text x="{_n(x_of(t))}" y="{_n(bottom + 15)}" text-anchor="middle" {FONT}>{t:.3g}</text>')
     for i, s in enumerate(series):
         color = s.color or PALETTE[i % len(PALETTE)]
-        p = sorted((x, y, e) for x, y, e in zip(s.x, s.y, s.err or [None] * len(s.x)) if _ok(y))
+        tips = s.labels or [""] * len(s.x)
+        p = sorted((x, y, e, tip) for x, y, e, tip in zip(s.x, s.y, s.err or [None] * len(s.x), tips) if _ok(y))
         if len(p) > 1:
-            path = " ".join(f"{_n(x_of(x))},{_n(y_of(y))}" for x, y, _ in p)
+            path = " ".join(f"{_n(x_of(x))},{_n(y_of(y))}" for x, y, _, _ in p)
             out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for x, y, e in p:
+        for x, y, e, tip in p:
             if _ok(e) and e > 0:
                 out.append(f'<line x1="{_n(x_of(x))}" y1="{_n(y_of(y - e))}" x2="{_n(x_of(x))}" '
                            f'y2="{_n(y_of(y + e))}" stroke="{color}"/>')
             out.append(f'<circle cx="{_n(x_of(x))}" cy="{_n(y_of(y))}" r="3.5" fill="{color}">'
-                       f"<title>{escape(s.name)}: {x:.3g} → {y:.4g}</title></circle>")
+                       f"<title>{escape(s.name)}: {x:.3g} → {y:.4g}{escape(' (' + tip + ')') if tip else ''}"
+                       "</title></circle>")
         ly = top + 6 + 16 * i
         out.append(f'<rect x="{_n(right + 12)}" y="{_n(ly - 8)}" width="10" height="10" fill="{color}"/>')
         name = s.name if len(s.name) <= 30 else s.name[:29] + "…"

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.reports import curves
+from harness.reports.curves import PRESERVATION_FLOOR
 from harness.reports.data import PROVENANCE, RunData
 from harness.reports.render import TextTable, fmt_spread
 from metrics.provenance import PROVENANCE_KEY
@@ -34,7 +36,10 @@ RUNTIME, PREPARE = "edit_s_per_image", "prepare_s"
 ONE_OFF_COLUMNS = {PREPARE: "prepare_seconds_total", "inversion_s": "inversion_seconds_total",
                    "compile_s": "compile_seconds_total"}
 """Leaderboard column -> metrics.runtime.one_off_seconds column; prepare_s always, the others when non-zero."""
-METRIC_ORDER = ("fid", "kid", "clip_score", "lpips", "oracle_success", "oracle_preservation", "oracle_valid")
+# oracle_flip is the headline edit column (success among units not already at the target); oracle_base_rate
+# (share of originals already at the target) has no direction: it describes the samples, not the method.
+METRIC_ORDER = ("fid", "kid", "clip_score", "lpips", "oracle_flip", "oracle_base_rate", "oracle_success",
+                "oracle_preservation", "oracle_valid")
 
 
 def better(metric: str) -> str | None:
@@ -202,6 +207,11 @@ def build_leaderboard(runs: Sequence[RunData], sort: str | None = None,
                 cells += _group_cells(sub, keys, col.name)
                 metric_cols.append(col)
     columns += sorted(metric_cols, key=lambda c: (_metric_order(c.metric), c.name))
+    if len(per_image):
+        trade = _tradeoff_cells(per_image, keys)
+        if trade:
+            cells += trade
+            columns += TRADEOFF_COLUMNS
 
     if cells:
         long = pd.DataFrame(cells)
@@ -218,6 +228,23 @@ def build_leaderboard(runs: Sequence[RunData], sort: str | None = None,
     board.best = _best(frame, columns, [k for k in best_within if k in keys])
     board.notes = _notes(board, rows, aggs, best_within)
     return board
+
+
+# The strength sweep's flip–preservation trade-off (harness/reports/curves.py), one value per row.
+OPERATING_POINT, OPERATING_STRENGTH, AUC = (f"flip_at_pres{PRESERVATION_FLOOR:g}", f"strength_at_pres{PRESERVATION_FLOOR:g}",
+                                            "flip_pres_auc")
+TRADEOFF_COLUMNS = [Column(OPERATING_POINT, OPERATING_POINT, "max", spread=""),
+                    Column(OPERATING_STRENGTH, OPERATING_STRENGTH, None, spread=""),
+                    Column(AUC, AUC, "max", spread="")]
+
+
+def _tradeoff_cells(per_image: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for r in curves.summary(per_image, keys).to_dict("records"):
+        for column, field in ((OPERATING_POINT, "flip_at_pres"), (OPERATING_STRENGTH, "strength_at_pres"),
+                              (AUC, "flip_pres_auc")):
+            out.append({**{k: r[k] for k in keys}, "column": column, "value": r[field], "std": np.nan})
+    return out
 
 
 def _order(frame: pd.DataFrame, keys: list[str], columns: list[Column], sort: str | None) -> pd.DataFrame:
@@ -295,6 +322,15 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
                 extra = len(warnings) - 1
                 more = f" (and {extra} other warning{'s' if extra > 1 else ''})" if extra else ""
                 notes.append(f"{metric} warning: {warnings[0]}{more}")
+    if any(c.name == AUC for c in board.columns):
+        notes.append(f"{OPERATING_POINT}: the highest oracle_flip among the row's strengths whose oracle_preservation "
+                     f"is >= {PRESERVATION_FLOOR:g} ({OPERATING_STRENGTH}: that strength); {AUC}: area under the "
+                     "frontier max{flip : preservation >= q} over q in [0, 1] (0 for a no-op). Each strength's point "
+                     "pools the row's units (flip over eligible units only).")
+    if any(c.metric == "oracle_flip" for c in board.columns):
+        notes.append("oracle_flip (the edit column to read): success among units whose original was valid and "
+                     "not already at the target value (a no-op scores 0); oracle_success also counts units whose "
+                     "original already had it; oracle_base_rate: share of valid originals already at the target.")
     devices = sorted(set(rows["device"].dropna().astype(str)))
     if devices:
         notes.append("devices: " + "; ".join(devices))

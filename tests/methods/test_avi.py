@@ -290,3 +290,46 @@ def test_runs_end_to_end_through_harness(tmp_path) -> None:
     assert (rows["status"] == "done").all(), rows.get("error")
     infos = [json.loads(i) for i in rows["info"]]
     assert all(i["norm_ratio"] > 0 and i["k"] == 8 for i in infos)
+
+
+# -- continuation after the edit step -------------------------------------------------------------
+
+def test_continuation_options_follow_their_definition(prepared, backbone, suite) -> None:
+    """empty at guidance 1 = an explicit unconditional DDIM continuation from y; the default continues with
+    the original prompt at the run's CFG (the paper's reading); target differs from both."""
+    from tests.methods.continuation import explicit_continuation
+
+    method, state = prepared
+    reqs = [EditRequest("a", suite.items[0], 1.0, 5)]
+    lat = method.edit_latents(backbone, state, reqs, SAMPLER)
+    outs = {p: AVI(AVIOptions(**TINY, continue_prompt=p, continue_guidance=g)).edit(backbone, state, reqs, SAMPLER)[0]
+            for p, g in (("empty", 1.0), ("original", None), ("target", None))}
+    empty = explicit_continuation(backbone, lat["y"], lat["i_x"], SAMPLER.num_steps, "", 1.0)
+    torch.testing.assert_close(outs["empty"].edited, empty[0], atol=2e-5, rtol=0)
+    original = explicit_continuation(backbone, lat["y"], lat["i_x"], SAMPLER.num_steps, reqs[0].item.prompt, 7.5)
+    torch.testing.assert_close(outs["original"].edited, original[0], atol=2e-5, rtol=0)
+    assert not torch.allclose(outs["target"].edited, outs["original"].edited, atol=1e-3)
+    assert all(torch.equal(o.original, outs["original"].original) for o in outs.values())  # the unedited image
+    assert outs["empty"].info["continue_prompt"] == "empty"
+
+
+def test_training_reaches_the_closed_form_optimum_on_its_pair() -> None:
+    """With ΔS free, L2 and L4 only fix S+ΔS, so S minimises λ1‖U_A diag(S) V_Aᵀ − Z‖² + λ3‖S − σ_z‖²: the
+    ridge system (λ1 G + λ3 I) S = λ1 b + λ3 σ_z, G_ij = (u_i·u_j)(v_i·v_j), b_i = u_iᵀ Z v_i. A trained MLP
+    must reach it on the pair it was trained on (and so must ‖y‖/‖x‖, recorded as train_norm_ratio)."""
+    x = rand(1, 2, SIDE, SIDE, seed=30).float()
+    z = x + 0.3 * rand(1, 2, SIDE, SIDE, seed=31).float()
+    u_a, v_a, _, sz = (t.double() for t in attribute_vectors(x[0], z[0], K))
+    opt = []
+    for c in range(2):
+        gram = (u_a[c].T @ u_a[c]) * (v_a[c].T @ v_a[c])
+        b = torch.einsum("hi,hw,wi->i", u_a[c], z[0, c].double(), v_a[c])
+        opt.append(torch.linalg.solve(10 * gram + 10 * torch.eye(2 * K, dtype=gram.dtype), 10 * b + 10 * sz[c]))
+    s_opt = torch.stack(opt)
+    cfg = TrainConfig(k=K, width=64, samples_per_pair=2000, epochs=2, batch_size=32, lr=1e-3)
+    mlp, stats = train_mlp(x, z, cfg, seed=0)
+    with torch.no_grad():
+        s = mlp(x[0].flatten(-2))[0].double()
+    torch.testing.assert_close(s, s_opt, atol=0.02 * float(s_opt.abs().max()), rtol=0)
+    ratio = compose(u_a, s_opt, v_a).flatten(1).norm(dim=1) / x[0].double().flatten(1).norm(dim=1)
+    assert stats["train_norm_ratio"] == pytest.approx(float(ratio.mean()), rel=0.02)

@@ -210,3 +210,35 @@ def test_tiny_unet_basis_matches_explicit_pullback() -> None:
     V = res.V.reshape(2, -1)
     signs = torch.sign((V * Vh[:2]).sum(1))
     assert (V - signs[:, None] * Vh[:2]).abs().max() < 1e-4
+
+
+def test_continuation_default_is_the_official_empty_prompt_without_cfg(tiny_sd: Backbone) -> None:
+    """Plain edit x' = x_e + s·v_0, continued with the empty prompt at guidance 1 (Park et al.'s for_prompt = ""
+    and guidance_scale = 0, i.e. no CFG), equals an explicit unconditional DDIM continuation from x'; the
+    'original' option continues with the original prompt at the run's CFG."""
+    from harness.diffusion import denoise, initial_noise, make_condition
+    from harness.hashing import stable_seed
+    from tests.methods.continuation import explicit_continuation
+
+    item = load_suite("svd_paper").item("person-old")
+    sampler = SamplerConfig(num_steps=4, guidance_scale=7.5)
+    req = [EditRequest("a", item, 3.0, 21)]
+    opts = dict(guidance="plain", component=0, sign="positive", t_edit=0.5)
+    edited = ParkPullback(cheap(**opts)).edit(tiny_sd, {}, req, sampler)[0]
+    # the edited latent, explicitly
+    schedule = Schedule.from_backbone(tiny_sd, 4)
+    i_edit = schedule.step_index(0.5)
+    x_T, _ = initial_noise([21], tiny_sd.state_shape(), 4, 0.0)
+    x_e = denoise(tiny_sd, x_T, schedule, make_condition(tiny_sd, [item.prompt], 7.5), stop=i_edit)
+    basis = pullback_basis(tiny_sd, x_e, schedule.timesteps[i_edit], tiny_sd.encode_text([item.target_prompt]), 2,
+                           stop=cheap().convergence, generator=torch.Generator().manual_seed(stable_seed("park-init", 21)))
+    x_new = x_e + 3.0 * basis.V[0][None].to(x_e.dtype)
+    expect = explicit_continuation(tiny_sd, x_new, i_edit, 4, "", 1.0)
+    torch.testing.assert_close(edited.edited, expect[0], atol=2e-5, rtol=0)
+    prompted = ParkPullback(cheap(**opts, continue_prompt="original", continue_guidance=None)).edit(tiny_sd, {}, req,
+                                                                                                    sampler)[0]
+    torch.testing.assert_close(prompted.edited, explicit_continuation(tiny_sd, x_new, i_edit, 4, item.prompt, 7.5)[0],
+                               atol=2e-5, rtol=0)
+    assert torch.equal(prompted.original, edited.original)
+    with pytest.raises(ConfigError, match="continue_guidance"):
+        from_dict(ParkOptions, {"continue_guidance": -1.0}, prefix="o")

@@ -151,3 +151,28 @@ def test_oracle_metrics_rank_higher_and_matrices_are_not_columns(tmp_path: Path)
     f = board.to_frame()
     assert {f.loc[i, "method"] for i in board.best["oracle_success"]} == {"good"}
     assert {f.loc[i, "method"] for i in board.best["reconstruction_psnr"]} == {"good"}
+
+
+def test_flip_rate_is_the_headline_oracle_column_and_skips_ineligible_units(tmp_path: Path) -> None:
+    """oracle_flip and oracle_base_rate are columns, flip before success; NaN flips (originals already at the
+    target) are left out of a seed's mean instead of counting as failures."""
+    oracle = {"implementation": "oracle", "library_version": "1", "backbone": "world-oracle", "weights_sha256": "",
+              "resize": "none", "metric_version": 1}
+    nan = float("nan")
+    # (seed, item) -> (flip, base, success) of method "m": seed 0 flips 1 of 1 eligible, seed 1 flips 0 of 1.
+    units = {(0, "a"): (1.0, 0.0, 1.0), (0, "b"): (nan, 1.0, 1.0), (1, "a"): (0.0, 0.0, 0.0), (1, "b"): (nan, 1.0, 1.0)}
+    rows, pim = [], []
+    for (seed, item), (flip, base, success) in units.items():
+        r = unit("m", "large", seed, item_id=item)
+        rows.append(r)
+        pim += [per_image(r, "oracle_flip", flip, oracle), per_image(r, "oracle_base_rate", base, oracle),
+                per_image(r, "oracle_success", success, oracle)]
+    board = build_leaderboard([load_run(make_run(tmp_path / "r", rows, pim))])
+    assert [c.name for c in board.columns] == ["edit_s_per_image", "prepare_s", "oracle_flip", "oracle_base_rate",
+                                               "oracle_success"]
+    f = board.to_frame()
+    assert f.loc[0, "oracle_flip"] == 0.5          # seeds: 1/1 and 0/1; a NaN-as-0 mean would give 0.25
+    assert f.loc[0, "oracle_success"] == 0.75      # seeds: 1.0 and 0.5 (the no-op-friendly number)
+    assert f.loc[0, "oracle_base_rate"] == 0.5
+    assert any("oracle_flip" in n for n in board.notes)
+    assert "oracle_flip" in to_markdown(board.text_table()).splitlines()[0]
