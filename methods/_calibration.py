@@ -125,7 +125,7 @@ def calibrate(target: CalibrationTarget, attributes: Mapping[str, Attribute], sc
             if fixed_sign is not None:
                 rows.append((float(g[fixed_sign].mean()), fixed_sign, None))
                 continue
-            vectors = _flat_vectors(target, j, n)
+            vectors, shape = _flat_vectors(target, j, n)
             margin = g[1] - g[-1]
             weighted = margin[:, None] * vectors                  # sample i's vote for the reference
             reference = weighted.sum(0)
@@ -133,7 +133,7 @@ def calibrate(target: CalibrationTarget, attributes: Mapping[str, Attribute], sc
             chosen = _sign((vectors * loo).sum(1))
             aligned = torch.where(chosen > 0, g[1], g[-1]).mean()
             rows.append((float(aligned), int(_sign(reference @ vectors[0])) if target.vectors is None else None,
-                         None if target.vectors is None else reference.float()))
+                         None if target.vectors is None else reference.reshape(shape).float()))
         best = max(range(len(rows)), key=lambda k: (rows[k][0], -k))  # ties: the lower component
         score, sign, reference = rows[best]
         j = target.components[best]
@@ -190,11 +190,12 @@ def _scores(scorer: Scorer, images: torch.Tensor, attribute: Attribute) -> torch
     return score_attribute(scorer, images, attribute).detach().to("cpu", torch.float64).reshape(-1)
 
 
-def _flat_vectors(target: CalibrationTarget, j: int, n: int) -> torch.Tensor:
+def _flat_vectors(target: CalibrationTarget, j: int, n: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Each sample's direction j as rows (n, D), float64, and the shape of one direction."""
     if target.vectors is None:  # a shared direction: every sample's vector is the same, write it as 1
-        return torch.ones((n, 1), dtype=torch.float64)
-    v = target.vectors(j).detach().to("cpu", torch.float64).reshape(n, -1)
-    return v
+        return torch.ones((n, 1), dtype=torch.float64), (1,)
+    v = target.vectors(j).detach().to("cpu", torch.float64)
+    return v.reshape(n, -1), tuple(v.shape[1:])
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
