@@ -14,16 +14,19 @@ calibration group (the directions one set of renders shares: one per prompt for 
    scores the originals and every edit for every attribute of the group; the gain g_{j,s,i} is
    score(edit) − score(original), averaged over the strengths. Only the scorer and the calibration samples
    are used, never the evaluation's metrics.
-4. Sign. A direction's sign is arbitrary per sample (singular vectors, PCs), so the sign that transfers is
-   one relative to a reference vector: r_j = Σ_i (g_{j,+,i} − g_{j,−,i}) v_{j,i}, and sample i is edited along
-   sign⟨v_{j,i}, r_j⟩ · v_{j,i}. For shared directions this is simply the sign whose mean gain is larger.
-5. Choice. Component j is scored by the mean gain of that rule, each sample aligned with the reference built
-   from the *other* samples (leave-one-out): with per-sample directions that are unrelated across samples,
-   an in-sample reference would match every sample's own best sign and make any component look good.
-   j* = the best score; ties go to the lower component, a zero inner product to +.
+4. Shared directions: the candidate (j, s) with the highest mean gain wins (methods-spec §7 A10's rule);
+   ties go to the lower component, then to +.
+5. Per-sample directions: a vector's sign is arbitrary per sample (singular vectors carry a sign convention,
+   not a meaning), so the sign that transfers is one relative to a reference vector:
+   r_j = Σ_i (g_{j,+,i} − g_{j,−,i}) v_{j,i}, and sample i is edited along sign⟨v_{j,i}, r_j⟩ · v_{j,i}.
+   Component j is scored by the mean gain of that rule with each sample aligned to the reference built
+   from the *other* samples (leave-one-out): with vectors unrelated across samples an in-sample reference
+   would match every sample's own best sign and make any component look good. j* = the best score (ties:
+   the lower component; a zero inner product counts as +).
 
 The record per attribute (stored in the prepared artifact) holds j*, the sign (shared directions) or the
-reference vector (per-sample directions), the gain of every candidate and the baseline score;
+reference vector (per-sample directions), the score of every component ("gain": the chosen sign's mean gain,
+or the leave-one-out aligned gain), the mean gain of each component at + and at −, and the baseline score;
 `record_info` puts the choice and its scores in each row's info. A method that is given a fixed sign
 (Park's `sign: positive`) scores its components at that sign (`fixed_sign`) and keeps no reference.
 """
@@ -125,15 +128,17 @@ def calibrate(target: CalibrationTarget, attributes: Mapping[str, Attribute], sc
             if fixed_sign is not None:
                 rows.append((float(g[fixed_sign].mean()), fixed_sign, None))
                 continue
+            if target.vectors is None:
+                plus, minus = float(g[1].mean()), float(g[-1].mean())
+                rows.append((plus, 1, None) if plus >= minus else (minus, -1, None))
+                continue
             vectors, shape = _flat_vectors(target, j, n)
-            margin = g[1] - g[-1]
-            weighted = margin[:, None] * vectors                  # sample i's vote for the reference
+            weighted = (g[1] - g[-1])[:, None] * vectors             # sample i's vote for the reference
             reference = weighted.sum(0)
-            loo = reference[None] - weighted                       # the reference without sample i
+            loo = reference[None] - weighted                         # the reference without sample i
             chosen = _sign((vectors * loo).sum(1))
             aligned = torch.where(chosen > 0, g[1], g[-1]).mean()
-            rows.append((float(aligned), int(_sign(reference @ vectors[0])) if target.vectors is None else None,
-                         None if target.vectors is None else reference.reshape(shape).float()))
+            rows.append((float(aligned), None, reference.reshape(shape).float()))
         best = max(range(len(rows)), key=lambda k: (rows[k][0], -k))  # ties: the lower component
         score, sign, reference = rows[best]
         j = target.components[best]
@@ -154,8 +159,6 @@ def calibrate(target: CalibrationTarget, attributes: Mapping[str, Attribute], sc
                                   for c in target.components],
             },
         }
-        if fixed_sign is not None:
-            records[a]["sign"] = fixed_sign
     return records
 
 
@@ -192,8 +195,6 @@ def _scores(scorer: Scorer, images: torch.Tensor, attribute: Attribute) -> torch
 
 def _flat_vectors(target: CalibrationTarget, j: int, n: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Each sample's direction j as rows (n, D), float64, and the shape of one direction."""
-    if target.vectors is None:  # a shared direction: every sample's vector is the same, write it as 1
-        return torch.ones((n, 1), dtype=torch.float64), (1,)
     v = target.vectors(j).detach().to("cpu", torch.float64)
     return v.reshape(n, -1), tuple(v.shape[1:])
 

@@ -183,7 +183,8 @@ class JacobianSubspace(EditMethod):
     families = ("unconditional", "text")
     Options = JacobianOptions
     needs_prepare = True
-    """Only `directions_from: reference` learns something in prepare; otherwise it returns {}."""
+    """prepare computes the reference directions (`directions_from: reference`) and the calibration
+    (`component: auto`); with neither it returns {}."""
 
     def _source_step(self, num_steps: int) -> int:
         src = self.options.source_step
