@@ -16,9 +16,13 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:length]
 
 
+STABLE_SEED_BITS = 60
+"""stable_seed's width: every seed it returns is < 2**STABLE_SEED_BITS (methods._calibration draws above it)."""
+
+
 def stable_seed(*parts: Any) -> int:
-    """A 63-bit seed from a hash, never from a global RNG stream (results must not depend on work split)."""
-    return int(hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:15], 16)
+    """A 60-bit seed from a hash, never from a global RNG stream (results must not depend on work split)."""
+    return int(hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:STABLE_SEED_BITS // 4], 16)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -9,7 +9,8 @@ CelebA-HQ DDPM). Each PC's sign is fixed at the first step (largest entry positi
 across steps: u_{j,t} is flipped where ⟨u_{j,0}, u_{j,t}⟩ < 0 (spec §3 step 3). Text models get one PCA
 per distinct item prompt.
 
-edit: Δh_t = γ · σ_{j,t} · u_{j,t} at every step (γ = the request's strength), with σ = s/sqrt(N−1)
+edit: Δh_t = γ · c · σ_{j,t} · u_{j,t} at every step (γ = the request's strength; j and the sign c from the
+calibration, or the configured PC with c = +1), with σ = s/sqrt(N−1)
 (the per-step standard deviation along the PC; "std") or the raw singular value s ("singular_values",
 the incremental_pca.py path, sqrt(N−1) times larger). The random-direction control (Fig. 4b) replaces
 u_{j,t} by a random unit direction per step, so ‖Δh_t‖ is the same as the PC edit's.
@@ -17,8 +18,13 @@ u_{j,t} by a random unit direction per step, so ‖Δh_t‖ is the same as the P
 Options:
 - n_samples (int, 500): N, the samples the PCA is fitted on (README demo 500; incremental_pca.py 50000).
 - n_components (int, 10): PCs kept per step.
-- component (int, 0): PC index j used for every item ...
-- components (dict attribute -> int, {}): ... unless the item's attribute is mapped here.
+- component ("auto" | int, "auto"): PC index j used for every item. "auto" calibrates j and its sign per
+  attribute in prepare (methods/_calibration.py: every kept PC × {+, −} scored with `scorer` on calibration
+  samples disjoint from the evaluated ones); an int applies PC j with sign + to every attribute.
+- components (dict attribute -> int, {}): a fixed PC (sign +) for these attributes, whatever `component` says.
+- scorer (ScorerSpec, {kind: clip}): the attribute scorer of the calibration ({kind: oracle} on world suites).
+- calibration (CalibrationOptions): n_samples (8), strengths ([1.0]: set them to the run's strengths),
+  max_components (null = all n_components).
 - normalisation ("std" | "singular_values", "std"): σ_{j,t} = s/sqrt(N−1), or s (spec §9.17).
 - random_control (bool, false): edit along random directions instead, with the PC's per-step norm
   (one Gaussian direction per step, drawn once in prepare from the preparation seed).
@@ -33,7 +39,7 @@ Options:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -42,18 +48,26 @@ from harness.diffusion import h_shape
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
+from methods._calibration import (
+    CalibrationOptions, CalibrationTarget, aligned_sign, calibrate, calibration_seeds, group_attributes, manual_info,
+    record_info,
+)
+from methods._common import generate
 from methods._hspace import (
     HSpaceEditOptions, TimestepIPCA, align_signs, edit_with_deltas, prompt_groups, prompt_key, record_batches,
     require_attributes, sample_seeds,
 )
+from methods._scorers import ScorerSpec, cached_scorer
 
 
 @dataclass(frozen=True)
 class HSpacePCAOptions(HSpaceEditOptions):
     n_samples: int = 500
     n_components: int = 10
-    component: int = 0
+    component: int | Literal["auto"] = "auto"
     components: dict[str, int] = field(default_factory=dict)
+    scorer: ScorerSpec = field(default_factory=ScorerSpec)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     normalisation: Literal["std", "singular_values"] = "std"
     random_control: bool = False
     injection: Literal["plain", "asyrp"] = "plain"
@@ -68,7 +82,8 @@ class HSpacePCAOptions(HSpaceEditOptions):
                 raise ConfigError(f"{prefix}.{name}", getattr(self, name), "an integer >= 1")
         if self.n_samples < 2:
             raise ConfigError(f"{prefix}.n_samples", self.n_samples, "an integer >= 2", "PCA needs 2 samples")
-        for key, j in [("component", self.component)] + [(f"components.{a}", j) for a, j in self.components.items()]:
+        fixed = [("component", self.component)] if self.component != "auto" else []
+        for key, j in fixed + [(f"components.{a}", j) for a, j in self.components.items()]:
             if not 0 <= j < self.n_components:
                 raise ConfigError(f"{prefix}.{key}", j, f"an integer in [0, {self.n_components - 1}]",
                                   "raise n_components to use a later PC")
@@ -110,6 +125,12 @@ def step_scales(group: dict, j: int, normalisation: str) -> torch.Tensor:
     return s / (group["n_samples"] - 1) ** 0.5 if normalisation == "std" else s
 
 
+def step_delta(group: dict, j: int, unit: torch.Tensor, strength: float, normalisation: str) -> torch.Tensor:
+    """Δh_{T:1} = strength · σ_{j,t} · unit_t, (T, *h); unit is PC j (or the random control's direction)."""
+    sigma = step_scales(group, j, normalisation)
+    return (strength * sigma).float().view(-1, *([1] * (unit.dim() - 1))) * unit
+
+
 @register_method("hspace-pca")
 class HSpacePCA(EditMethod):
     Options = HSpacePCAOptions
@@ -122,7 +143,9 @@ class HSpacePCA(EditMethod):
         seeds = sample_seeds(ctx.seed, opts.n_samples, "hspace-pca")
         groups = {key: pca_state(fit_pca(backbone, seeds, ctx.sampler, key, opts), shape, opts.n_components)
                   for key in prompt_groups(backbone, ctx.suite)}
-        state = {"groups": groups, "num_steps": ctx.sampler.num_steps}
+        state: dict[str, Any] = {"groups": groups, "num_steps": ctx.sampler.num_steps}
+        if opts.component == "auto":
+            state["calibration"] = self._calibrate(backbone, ctx, groups)
         if opts.random_control:
             g = torch.Generator().manual_seed(ctx.seed)
             r = torch.randn((ctx.sampler.num_steps, *shape), generator=g, dtype=torch.float64)
@@ -130,21 +153,60 @@ class HSpacePCA(EditMethod):
             state["random"] = r.float()
         return state
 
+    def _calibrate(self, backbone: Backbone, ctx: PrepareContext, groups: dict) -> dict:
+        """Per prompt group, the calibration record of every attribute `component: auto` applies to.
+
+        The PCs are shared by every sample, so a render is one generate call with Δh = strength_i · σ_j · u_j;
+        with `random_control` the PCs are calibrated all the same and the control then borrows the chosen
+        PC's norm and sign.
+        """
+        opts = self.options
+        scorer = cached_scorer(opts.scorer, backbone.device)
+        seeds = calibration_seeds(ctx.seed, opts.calibration.n_samples, "hspace-pca")
+        out = {}
+        for key, items in prompt_groups(backbone, ctx.suite).items():
+            attributes = [a for a in group_attributes(items) if a not in opts.components]
+            if not attributes:
+                continue
+            group = groups[key]
+            requests = [EditRequest(f"calibration-{i}", items[0], 1.0, seed) for i, seed in enumerate(seeds)]
+
+            def render(j: int, strengths: torch.Tensor, group=group, requests=requests) -> torch.Tensor:
+                d = torch.stack([step_delta(group, j, group["components"][j], float(s), opts.normalisation)
+                                 for s in strengths]).to(backbone.device)
+                return generate(backbone, requests, ctx.sampler, delta_h=lambda i: d[:, i], injection=opts.injection)
+
+            target = CalibrationTarget(generate(backbone, requests, ctx.sampler), render,
+                                       opts.calibration.components(group["components"].shape[0]))
+            out[key] = calibrate(target, {a: ctx.suite.attributes[a] for a in attributes}, scorer, opts.calibration)
+        return out
+
+    def choice(self, state: dict, key: str, attribute: str) -> tuple[int, int, dict[str, Any]]:
+        """(PC index, sign, row info) of an attribute: the fixed PC with sign +, or the calibrated choice."""
+        opts = self.options
+        if attribute in opts.components:
+            return opts.components[attribute], 1, manual_info(opts.components[attribute], 1)
+        if opts.component != "auto":
+            return opts.component, 1, manual_info(opts.component, 1)
+        record = state["calibration"][key][attribute]
+        sign = aligned_sign(record)
+        return record["component"], sign, record_info(record, sign)
+
     def deltas(self, state: dict, requests: Sequence[EditRequest], backbone: Backbone) -> tuple[torch.Tensor, list]:
-        """Δh_{T:1} of each request (B, T, *h), strength included, and the rows' diagnostics."""
+        """Δh_{T:1} of each request (B, T, *h), strength and sign included, and the rows' diagnostics."""
         opts = self.options
         out, info = [], []
         for r in requests:
-            group = state["groups"][prompt_key(backbone, r.item)]
-            j = opts.components.get(r.item.attribute, opts.component)
+            key = prompt_key(backbone, r.item)
+            group = state["groups"][key]
+            j, sign, row = self.choice(state, key, r.item.attribute)
             if j >= group["components"].shape[0]:
                 raise ValueError(f"component {j} requested but only {group['components'].shape[0]} PCs exist "
                                  f"(n_samples={group['n_samples']})")
             unit = state["random"] if opts.random_control else group["components"][j]
-            sigma = step_scales(group, j, opts.normalisation)
-            d = (r.strength * sigma).float().view(-1, *([1] * (unit.dim() - 1))) * unit
+            d = step_delta(group, j, unit, sign * r.strength, opts.normalisation)
             out.append(d)
-            info.append({"component": j, "random_control": opts.random_control,
+            info.append({**row, "random_control": opts.random_control,
                          "mean_step_norm": float(d.flatten(1).norm(dim=1).mean())})
         return torch.stack(out), info
 

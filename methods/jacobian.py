@@ -14,8 +14,10 @@ official code re-samples the path without the sample's z's).
 Edit: direction j found at step t* is applied at every step, scaled by that step's singular value
 (official `DirectionPlotter.get_direction(global_at_idx=True, apply_svals=True)`, methods-spec §9.18):
 
-    Δh_t = strength · scale · σ_{j,t} · v_{j,t*}       (apply_svals=True)
-    Δh_t = strength · scale · v_{j,t*}                 (apply_svals=False; only step t* is analysed)
+    Δh_t = c · strength · scale · σ_{j,t} · v_{j,t*}       (apply_svals=True)
+    Δh_t = c · strength · scale · v_{j,t*}                 (apply_svals=False; only step t* is analysed)
+
+(c = ±1, the calibrated sign; +1 for a configured component).
 
 The request strength is γ (README examples: ±50–100 with 10 steps). Directions are computed per
 request sample (the paper's image-specific use) or once in `prepare` on a reference seed and transferred
@@ -30,7 +32,16 @@ Options:
 - k (int, 3): singular vectors per step (official `num_eigvecs`).
 - variant ("batched" | "sequential", "batched"): Alg. 1 or Alg. 2; block_size (int, 1): Alg. 2's b.
 - convergence (StopCriterion): sigma criterion, tol 1e-5 for 10 consecutive iterations, max 50 (§9.19).
-- component (int, 0): j; source_step (int | None, None): t* as a step index, None = num_steps // 2
+- component ("auto" | int, "auto"): j. An int applies v_j with sign + to every attribute. "auto" calibrates j
+  and its sign per attribute in prepare (methods/_calibration.py): each of the k vectors × {+, −} is applied
+  to calibration samples (disjoint from the evaluated ones) and scored with `scorer`. With
+  `directions_from: reference` every sample gets the reference's vectors, so the sign is one number; with
+  `sample` each calibration sample gets its own vectors (as evaluated samples do at edit time), and the
+  calibration keeps a reference vector: a request's v_j is applied with sign ⟨v_j, reference⟩.
+- scorer (ScorerSpec, {kind: clip}): the calibration's attribute scorer ({kind: oracle} on world suites).
+- calibration (CalibrationOptions): n_samples (8), strengths ([1.0], request units before `scale`: set them
+  to the run's strengths), max_components (null = all k).
+- source_step (int | None, None): t* as a step index, None = num_steps // 2
   [ASSUMPTION: the paper gives no default; README examples use t* in 2..8 of 10 steps].
 - apply_svals (bool, True); scale (float, 1.0): multiplies the request strength.
 - mask ([x0, y0, x1, y1] | None, None): region of interest in relative coordinates (x right, y down).
@@ -55,8 +66,13 @@ from harness.diffusion.backbone import Backbone
 from harness.diffusion.sampler import Condition
 from harness.errors import ConfigError
 from harness.hashing import stable_seed
+from methods._calibration import (
+    CalibrationOptions, CalibrationTarget, aligned_sign, calibrate, calibration_seeds, group_attributes, manual_info,
+    record_info,
+)
 from methods._common import original_condition, pairs, start_noise
-from methods._hspace import HSpaceEditOptions, delta_schedule
+from methods._hspace import HSpaceEditOptions, delta_schedule, prompt_groups, prompt_key
+from methods._scorers import ScorerSpec, cached_scorer
 from methods._subspace import StopCriterion, subspace_iteration, working_dtype
 from methods.base import EditMethod, EditOutput, EditRequest, PrepareContext, register_method
 
@@ -67,7 +83,9 @@ class JacobianOptions(HSpaceEditOptions):
     variant: Literal["batched", "sequential"] = "batched"
     block_size: int = 1
     convergence: StopCriterion = field(default_factory=StopCriterion)
-    component: int = 0
+    component: int | Literal["auto"] = "auto"
+    scorer: ScorerSpec = field(default_factory=ScorerSpec)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     source_step: int | None = None
     apply_svals: bool = True
     scale: float = 1.0
@@ -81,7 +99,7 @@ class JacobianOptions(HSpaceEditOptions):
         super().validate(prefix)
         if self.k < 1:
             raise ConfigError(f"{prefix}.k", self.k, "an integer >= 1")
-        if not 0 <= self.component < self.k:
+        if self.component != "auto" and not 0 <= self.component < self.k:
             raise ConfigError(f"{prefix}.component", self.component, f"an integer in [0, k-1 = {self.k - 1}]")
         if self.block_size < 1:
             raise ConfigError(f"{prefix}.block_size", self.block_size, "an integer >= 1")
@@ -168,7 +186,8 @@ class JacobianSubspace(EditMethod):
     families = ("unconditional", "text")
     Options = JacobianOptions
     needs_prepare = True
-    """Only `directions_from: reference` learns something in prepare; otherwise it returns {}."""
+    """prepare computes the reference directions (`directions_from: reference`) and the calibration
+    (`component: auto`); with neither it returns {}."""
 
     def _source_step(self, num_steps: int) -> int:
         src = self.options.source_step
@@ -217,59 +236,114 @@ class JacobianSubspace(EditMethod):
         return schedule, trace, x0
 
     def prepare(self, backbone: Backbone, ctx: PrepareContext) -> dict[str, Any]:
-        if self.options.directions_from != "reference":
-            return {}
-        seed = self.options.reference_seed if self.options.reference_seed is not None else ctx.seed
-        prompts = sorted({it.prompt for it in ctx.suite.items}) if backbone.family == "text" else [""]
-        out = {}
-        for prompt in prompts:
-            x_T, noises = initial_noise([seed], backbone.state_shape(), ctx.sampler.num_steps, ctx.sampler.eta,
-                                        device=backbone.device)
-            cond = make_condition(backbone, [prompt], ctx.sampler.guidance_scale)
-            schedule, trace, _ = self._trajectory(backbone, x_T, noises, cond, ctx.sampler)
-            out[prompt] = self.directions(backbone, trace.xs, schedule, cond, seed)
-        return {"directions": out, "reference_seed": seed}
+        state: dict[str, Any] = {}
+        if self.options.directions_from == "reference":
+            seed = self.options.reference_seed if self.options.reference_seed is not None else ctx.seed
+            out = {}
+            for prompt in prompt_groups(backbone, ctx.suite):
+                x_T, noises = initial_noise([seed], backbone.state_shape(), ctx.sampler.num_steps, ctx.sampler.eta,
+                                            device=backbone.device)
+                cond = make_condition(backbone, [prompt], ctx.sampler.guidance_scale)
+                schedule, trace, _ = self._trajectory(backbone, x_T, noises, cond, ctx.sampler)
+                out[prompt] = self.directions(backbone, trace.xs, schedule, cond, seed)
+            state.update({"directions": out, "reference_seed": seed})
+        if self.options.component == "auto":
+            state["calibration"] = self._calibrate(backbone, ctx, state)
+        return state
 
-    def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
-             sampler: SamplerConfig) -> list[EditOutput]:
+    def _calibrate(self, backbone: Backbone, ctx: PrepareContext, state: dict[str, Any]) -> dict[str, Any]:
+        """Per prompt group, the calibration record of every attribute (module docstring, `component`)."""
         o = self.options
+        scorer = cached_scorer(o.scorer, backbone.device)
+        seeds = calibration_seeds(ctx.seed, o.calibration.n_samples, "jacobian")
+        out = {}
+        for key, items in prompt_groups(backbone, ctx.suite).items():
+            requests = [EditRequest(f"calibration-{i}", items[0], 1.0, seed) for i, seed in enumerate(seeds)]
+            run = self._run(backbone, state, requests, ctx.sampler)
+            vectors = None if o.directions_from == "reference" else \
+                (lambda j, run=run: torch.stack([d["vectors"][j] for d in run.dirs]))
+            target = CalibrationTarget(run.originals, lambda j, strengths, run=run: run.edit([j] * len(seeds),
+                                                                                            strengths),
+                                       o.calibration.components(o.k), vectors)
+            attributes = group_attributes(items)
+            out[key] = calibrate(target, {a: ctx.suite.attributes[a] for a in attributes}, scorer, o.calibration)
+        return out
+
+    def _run(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
+             sampler: SamplerConfig) -> "_Run":
+        """The requests' unedited trajectories and images and their directions (the reference's, or their own)."""
         x_T, noises = start_noise(backbone, requests, sampler)
         cond = original_condition(backbone, requests, sampler)
         schedule, trace, x0 = self._trajectory(backbone, x_T, noises, cond, sampler)
-        originals = backbone.decode(x0)
-
-        prompt_of = (lambda r: r.item.prompt) if backbone.family == "text" else (lambda r: "")
-        if o.directions_from == "reference":
-            dirs = [state["directions"][prompt_of(r)] for r in requests]
+        if self.options.directions_from == "reference":
+            dirs = [state["directions"][prompt_key(backbone, r.item)] for r in requests]
         else:
             # Requests of one sample (a strength sweep) share its directions.
             cache: dict[tuple[int, str], dict[str, Any]] = {}
             dirs = []
             for b, r in enumerate(requests):
-                key = (r.seed, prompt_of(r))
+                key = (r.seed, prompt_key(backbone, r.item))
                 if key not in cache:
                     cache[key] = self.directions(backbone, [x[b:b + 1] for x in trace.xs], schedule,
                                                  select_condition(cond, b), r.seed)
                 dirs.append(cache[key])
+        return _Run(self, backbone, sampler, x_T, noises, cond, schedule, backbone.decode(x0), dirs)
 
-        j = o.component
-        strengths = torch.tensor([r.strength * o.scale for r in requests], dtype=torch.float32)
-        vectors = torch.stack([d["vectors"][j] for d in dirs])                     # (B, *h)
+    def choice(self, state: dict, key: str, attribute: str, directions: dict[str, Any]) -> tuple[int, int, dict]:
+        """(j, sign, row info) for a request whose sample has `directions`."""
+        o = self.options
+        if o.component != "auto":
+            return o.component, 1, manual_info(o.component, 1)
+        record = state["calibration"][key][attribute]
+        j = record["component"]
+        sign = aligned_sign(record, directions["vectors"][j])
+        return j, sign, record_info(record, sign)
+
+    def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
+             sampler: SamplerConfig) -> list[EditOutput]:
+        o = self.options
+        run = self._run(backbone, state, requests, sampler)
+        choices = [self.choice(state, prompt_key(backbone, r.item), r.item.attribute, d)
+                   for r, d in zip(requests, run.dirs)]
+        strengths = torch.tensor([sign * r.strength for r, (_, sign, _) in zip(requests, choices)], dtype=torch.float64)
+        edited = run.edit([j for j, _, _ in choices], strengths)
+        info = [{**row, "source_step": d["source_step"], "sigma_source": float(d["sigmas"][j, d["source_step"]]),
+                 "iterations": d["iterations"], "converged": d["converged"], "directions_from": o.directions_from}
+                for (j, _, row), d in zip(choices, run.dirs)]
+        return pairs(run.originals, edited, info)
+
+
+@dataclass
+class _Run:
+    """A batch's unedited trajectories, images and per-request directions, ready to be edited along any v_j."""
+
+    method: JacobianSubspace
+    backbone: Backbone
+    sampler: SamplerConfig
+    x_T: torch.Tensor
+    noises: torch.Tensor | None
+    cond: Condition | None
+    schedule: Schedule
+    originals: torch.Tensor
+    dirs: list[dict[str, Any]]
+
+    def edit(self, components: Sequence[int], strengths: torch.Tensor) -> torch.Tensor:
+        """Images with Δh_t = strength_b · scale · σ_{j_b,t} · v_{j_b,t*} (request b; a signed strength)."""
+        o = self.method.options
+        gammas = strengths.tolist()  # the relative scale uses |strength| alone (methods._hspace.delta_schedule)
+        strengths = (strengths.to(torch.float64) * o.scale).float()
+        vectors = torch.stack([d["vectors"][j] for j, d in zip(components, self.dirs)])   # (B, *h)
         if o.apply_svals:
-            svals = torch.stack([d["sigmas"][j] for d in dirs])                   # (B, T)
+            svals = torch.stack([d["sigmas"][j] for j, d in zip(components, self.dirs)])  # (B, T)
         else:
-            svals = torch.ones((len(requests), len(schedule)))
+            svals = torch.ones((len(self.dirs), len(self.schedule)))
         view = (-1,) + (1,) * (vectors.dim() - 1)
-        device = backbone.device
+        device = self.backbone.device
 
         def delta_at(i: int) -> torch.Tensor:
             return ((strengths * svals[:, i]).view(view) * vectors).to(device)
 
-        delta_h, relative = delta_schedule(delta_at, [r.strength for r in requests], schedule, o)
-        x0_edit = denoise(backbone, x_T, schedule, cond, eta=sampler.eta, noises=noises, delta_h=delta_h,
-                          injection=o.injection, relative_delta=relative)
-        edited = backbone.decode(x0_edit)
-        info = [{"component": j, "source_step": d["source_step"], "sigma_source": float(d["sigmas"][j, d["source_step"]]),
-                 "iterations": d["iterations"], "converged": d["converged"], "directions_from": o.directions_from}
-                for d in dirs]
-        return pairs(originals, edited, info)
+        delta_h, relative = delta_schedule(delta_at, gammas, self.schedule, o)
+        x0 = denoise(self.backbone, self.x_T, self.schedule, self.cond, eta=self.sampler.eta, noises=self.noises,
+                     delta_h=delta_h, injection=o.injection, relative_delta=relative)
+        return self.backbone.decode(x0)

@@ -52,7 +52,7 @@ from methods._hspace import (
     HSpaceEditOptions, edit_with_deltas, project_out, prompt_groups, prompt_key, record_batches, record_real,
     require_attributes, sample_seeds,
 )
-from methods._scorers import ScorerSpec, make_scorer
+from methods._scorers import ScorerSpec, make_scorer, score_attribute
 
 DisentangleFrom = Literal["all_others"] | tuple[str, ...] | dict[str, tuple[str, ...]] | None
 
@@ -166,8 +166,7 @@ class Supervised(EditMethod):
         for sl, _, images in record_batches(backbone, seeds, ctx.sampler, prompt, opts.batch_size,
                                             decode=True, record_h=False):
             for a in attributes:
-                spec = ctx.suite.attributes[a]
-                scores[a][sl] = scorer(images, spec.positive, spec.negative).double().cpu()
+                scores[a][sl] = score_attribute(scorer, images, ctx.suite.attributes[a]).double().cpu()
         chosen = {a: select_examples(scores[a], opts.n_examples) for a in attributes}
         # Pass 2: regenerate the chosen samples with h recorded; v_a = Σ_i w_{i,a} h_i, w = ±1/n.
         union = sorted({i for pos, neg in chosen.values() for i in pos + neg})

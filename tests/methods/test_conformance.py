@@ -50,15 +50,18 @@ PREPARE_SEED = 7
 STRENGTH = 2.0
 
 # Cheap options per method (validated like a config's `options:`); several entries = several cases.
+CALIBRATION = {"scorer": {"kind": "channel-mean"}, "calibration": {"n_samples": 2}}
 OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "hspace-pca": {"": {"n_samples": 8, "n_components": 2, "batch_size": 8}},
+    "hspace-pca": {"": {"n_samples": 8, "n_components": 2, "batch_size": 8, **CALIBRATION},
+                   "manual": {"n_samples": 8, "n_components": 2, "batch_size": 8, "component": 1}},
     "supervised": {"": {"n_samples": 8, "n_examples": 2, "batch_size": 8, "scorer": {"kind": "channel-mean"}}},
     "jacobian": {
-        "reference": {"k": 1, "convergence": {"max_iters": 2, "patience": 1}, "directions_from": "reference"},
-        "sample": {"k": 1, "convergence": {"max_iters": 2, "patience": 1}, "directions_from": "sample"},
+        "reference": {"k": 1, "convergence": {"max_iters": 2, "patience": 1}, "directions_from": "reference",
+                      **CALIBRATION},
+        "sample": {"k": 1, "convergence": {"max_iters": 2, "patience": 1}, "directions_from": "sample",
+                   **CALIBRATION},
     },
-    "park": {"": {"pca_rank": 1, "n_guidance": 2, "scorer": {"kind": "channel-mean"},
-                  "convergence": {"max_iters": 2, "min_iters": 0}}},
+    "park": {"": {"pca_rank": 1, "n_guidance": 2, "convergence": {"max_iters": 2, "min_iters": 0}, **CALIBRATION}},
     "avi": {"": {"samples_per_pair": 4, "epochs": 1, "batch_size": 8}},
 }
 

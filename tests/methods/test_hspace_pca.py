@@ -1,6 +1,8 @@
 """h-space PCA (Haas et al. Sec. IV-A): streaming PCA against a full SVD, sign alignment, edits, harness run."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -85,7 +87,7 @@ def test_std_normalisation_divides_singular_values_by_sqrt_n_minus_1() -> None:
 # -- on the tiny pixel UNet -----------------------------------------------------------------------
 
 SAMPLER = SamplerConfig(num_steps=3, eta=1.0)
-OPTS = dict(n_samples=7, n_components=3, batch_size=3, fit_batch_size=4, sketch_rank=7)
+OPTS = dict(n_samples=7, n_components=3, batch_size=3, fit_batch_size=4, sketch_rank=7, component=0)
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +151,8 @@ def test_deltas_scale_component_and_random_control(tiny_unet, state, suite) -> N
     torch.testing.assert_close(raw[0], deltas[0] * 6 ** 0.5)
     # Random control: per-step norms equal the PC edit's, directions unrelated to the PC.
     ctx = PrepareContext(suite=suite, sampler=SAMPLER, seed=11)
-    rnd_state = {**state, "random": HSpacePCA(HSpacePCAOptions(n_samples=2, n_components=1, random_control=True))
-                 .prepare(tiny_unet, ctx)["random"]}
+    control = HSpacePCA(HSpacePCAOptions(n_samples=2, n_components=1, component=0, random_control=True))
+    rnd_state = {**state, "random": control.prepare(tiny_unet, ctx)["random"]}
     rnd, _ = HSpacePCA(HSpacePCAOptions(**OPTS, random_control=True)).deltas(rnd_state, requests[:1], tiny_unet)
     torch.testing.assert_close(rnd[0].flatten(1).norm(dim=1), deltas[0].flatten(1).norm(dim=1), rtol=1e-5, atol=0)
     cos = torch.nn.functional.cosine_similarity(rnd[0].flatten(1), deltas[0].flatten(1), dim=1)
@@ -164,7 +166,12 @@ def test_end_to_end_on_tiny_unet_and_tiny_sd(tmp_path) -> None:
         tmp_path, 8, run_id="hspace-pca", models=["tiny-unet", "tiny-sd"], items=["smile", "age"],
         strengths=[0.0, 2.0], sampler={"num_steps": 3, "eta": 0.0, "guidance_scale": 7.5},
         methods=[{"name": "hspace-pca", "options": {"n_samples": 4, "n_components": 2, "components": {"age": 1},
-                                                     "batch_size": 4}}])
-    for _, row in rows.iterrows():
-        assert ('"component": 1' in row["info"]) == (row["item_id"] == "age")
+                                                     "batch_size": 4, "scorer": {"kind": "channel-mean"},
+                                                     "calibration": {"n_samples": 2}}}])
+    for item_id, info in zip(rows["item_id"], rows["info"].map(json.loads)):
+        if item_id == "age":  # fixed by `components`
+            assert (info["component"], info["sign"], info["calibrated"]) == (1, 1, False)
+        else:  # smile: calibrated
+            assert info["calibrated"] is True and info["component"] in (0, 1) and info["sign"] in (1, -1)
+            assert info["calibration_samples"] == 2 and len(info["calibration_gains"]) == 2
     assert_strength_zero_unedited(cfg, rows)

@@ -6,6 +6,8 @@ on a 2-core machine. The same check on tiny-unet itself is marked slow.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -133,7 +135,7 @@ def test_cfg_jacobian_is_the_guided_combination(tiny_sd: Backbone) -> None:
 # The method
 
 def small_options(**kw) -> JacobianOptions:
-    return JacobianOptions(**{"k": 2, "convergence": StopCriterion(max_iters=2), **kw})
+    return JacobianOptions(**{"k": 2, "component": 0, "convergence": StopCriterion(max_iters=2), **kw})
 
 
 def test_strength_zero_is_unedited_and_edits_are_deterministic(tiny_unet: Backbone) -> None:
@@ -211,12 +213,18 @@ def test_end_to_end_through_the_harness(tmp_path) -> None:
         tmp_path, 4, run_id="jac", models=["tiny-unet"], items=["smile"], seeds=[0], strengths=[0.0, 10.0],
         sampler={"num_steps": 3, "eta": 1.0},
         methods=[
-            {"name": "jacobian", "options": {"k": 2, "convergence": {"max_iters": 2}}},
+            {"name": "jacobian", "options": {"k": 2, "component": 0, "convergence": {"max_iters": 2}}},
             {"name": "jacobian", "label": "jacobian-ref", "options": {
                 "k": 2, "variant": "sequential", "block_size": 1, "directions_from": "reference",
-                "mask": [0.0, 0.0, 0.5, 0.5], "convergence": {"max_iters": 2}, "apply_svals": False}},
+                "mask": [0.0, 0.0, 0.5, 0.5], "convergence": {"max_iters": 2}, "apply_svals": False,
+                "scorer": {"kind": "channel-mean"}, "calibration": {"n_samples": 2}}},
         ])
-    assert rows["info"].str.contains('"component": 0').all()
+    for method, info in zip(rows["method"], rows["info"].map(json.loads)):
+        if method == "jacobian":
+            assert (info["component"], info["sign"], info["calibrated"]) == (0, 1, False)
+        else:
+            assert info["calibrated"] is True and info["component"] in (0, 1) and info["sign"] in (1, -1)
+            assert len(info["calibration_gains"]) == 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ the same check on tiny-unet (x 3x32x32, h 32x8x8) is marked slow.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -128,11 +130,11 @@ def test_edit_step_is_the_nearest_grid_step(tiny_sd: Backbone) -> None:
 # ----------------------------------------------------------------------------------------------
 # The method
 
-def test_strength_zero_determinism_and_automatic_choice(tiny_sd: Backbone) -> None:
+def test_strength_zero_determinism_and_per_request_choice(tiny_sd: Backbone) -> None:
     item = load_suite("svd_paper").item("person-old")
     sampler = SamplerConfig(num_steps=4, guidance_scale=7.5)
     requests = [EditRequest("a", item, 0.0, 21), EditRequest("b", item, 1.0, 21), EditRequest("c", item, 1.0, 22)]
-    method = ParkPullback(cheap(t_edit=0.5))
+    method = ParkPullback(cheap(t_edit=0.5, selection="per-request"))
     first = method.edit(tiny_sd, {}, requests, sampler)
     second = method.edit(tiny_sd, {}, requests, sampler)
     for a, b in zip(first, second):
@@ -161,11 +163,11 @@ def test_select_strength_fixes_the_choice_across_a_sweep(tiny_sd: Backbone) -> N
     item = load_suite("svd_paper").item("person-male")
     sampler = SamplerConfig(num_steps=4, guidance_scale=7.5)
     requests = [EditRequest("a", item, 0.5, 4), EditRequest("b", item, 1.0, 4), EditRequest("c", item, 0.0, 4)]
-    out = ParkPullback(cheap(select_strength=1.0)).edit(tiny_sd, {}, requests, sampler)
+    out = ParkPullback(cheap(select_strength=1.0, selection="per-request")).edit(tiny_sd, {}, requests, sampler)
     choices = {(o.info["component"], o.info["sign"]) for o in out}
     assert len(choices) == 1
     assert torch.equal(to_uint8(out[2].edited), to_uint8(out[2].original))
-    alone = ParkPullback(cheap()).edit(tiny_sd, {}, requests[1:2], sampler)[0]
+    alone = ParkPullback(cheap(selection="per-request")).edit(tiny_sd, {}, requests[1:2], sampler)[0]
     assert (alone.info["component"], alone.info["sign"]) in choices
 
 
@@ -177,7 +179,7 @@ def test_plain_variant_and_unconditional_model(micro: Backbone) -> None:
     assert torch.equal(to_uint8(out[0].edited), to_uint8(out[0].original))
     assert not torch.equal(to_uint8(out[1].edited), to_uint8(out[1].original))
     assert out[1].info["component"] == 1 and out[1].info["sign"] == -1 and "score" not in out[1].info
-    out = ParkPullback(cheap(lam=0.1)).edit(micro, {}, requests, sampler)
+    out = ParkPullback(cheap(lam=0.1, selection="per-request")).edit(micro, {}, requests, sampler)
     assert torch.equal(to_uint8(out[0].edited), to_uint8(out[0].original))
     assert "score" in out[1].info
 
@@ -188,8 +190,10 @@ def test_end_to_end_through_the_harness(tmp_path) -> None:
         seeds=[0], strengths=[0.0, 1.0], sampler={"num_steps": 4, "eta": 0.0, "guidance_scale": 7.5},
         methods=[{"name": "park", "options": {
             "n_guidance": 2, "convergence": {"kind": "vectors", "max_iters": 2, "min_iters": 0},
-            "scorer": {"kind": "channel-mean"}}}])
-    assert rows["info"].str.contains('"sign"').all() and rows["info"].str.contains('"component"').all()
+            "scorer": {"kind": "channel-mean"}, "calibration": {"n_samples": 2}}}])
+    for info in rows["info"].map(json.loads):
+        assert info["calibrated"] is True and info["component"] in (0, 1) and info["sign"] in (1, -1)
+        assert info["calibration_samples"] == 2 and len(info["calibration_gains"]) == 2
 
 
 @pytest.mark.slow
