@@ -131,8 +131,9 @@ class Worker:
         art = self._states[key]
         return art["state"], float(art["seconds"])
 
-    def _real_image_start(self, backbone: Any, item: Any, transform: str) -> tuple[torch.Tensor, str]:
-        """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule."""
+    def _real_image_start(self, backbone: Any, item: Any, transform: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule;
+        and the image's own state x_0 (one encoder pass, not cached)."""
         from harness.diffusion import Schedule, ddim_invert, make_condition
         from harness.hashing import stable_hash
         from harness.images import load_image
@@ -144,14 +145,14 @@ class Worker:
         sampler = self.config.sampler
         key = "inversion-" + stable_hash("inversion", backbone.fingerprint, sha, transform, item.prompt,
                                          sampler.num_steps)
+        x0 = backbone.encode(image[None].to(backbone.device))
         cached = self.store.load_artifact(key)
         if cached is None:
             # Guidance 1 (the caption alone) for inversion, as is standard: CFG breaks the ODE's reversibility.
             cond = make_condition(backbone, [item.prompt], 1.0)
-            x0 = backbone.encode(image[None].to(backbone.device))
             cached = {"x_T": ddim_invert(backbone, x0, Schedule.from_backbone(backbone, sampler.num_steps), cond).cpu()}
             self.store.save_artifact(key, cached)
-        return cached["x_T"][0], input_path
+        return cached["x_T"][0], x0[0].cpu(), input_path
 
     def _input_error(self, backbone: Any, item: Any) -> str | None:
         if backbone.family != "text":
@@ -199,16 +200,17 @@ class Worker:
             item = suite.item(unit.item_id)
             rows[unit.key] = self._row(batch, unit, item, method, prep_seconds)
             error = load_error or self._input_error(backbone, item)
-            x_T = None
+            x_T = x_0 = None
             if not error and item.image:
                 try:
-                    x_T, rows[unit.key]["input_path"] = self._real_image_start(backbone, item, suite.image_transform)
+                    x_T, x_0, rows[unit.key]["input_path"] = self._real_image_start(backbone, item,
+                                                                                   suite.image_transform)
                 except Exception as exc:  # unreadable or wrongly sized files fail their unit only
                     error = f"{type(exc).__name__}: {exc}"
             if error:
                 rows[unit.key].update(status="failed", error=error)
             else:
-                requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed, x_T))
+                requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed, x_T, x_0))
         images = self._edit(batch, method, backbone, state, requests, rows) if requests else []
         return rows, images
 
