@@ -60,6 +60,8 @@ OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "park": {"": {"pca_rank": 1, "n_guidance": 2, "scorer": {"kind": "channel-mean"},
                   "convergence": {"max_iters": 2, "min_iters": 0}}},
     "avi": {"": {"samples_per_pair": 4, "epochs": 1, "batch_size": 8}},
+    # SEGA's default warm-up (10 steps) is longer than the 3-step grid: nothing would be edited.
+    "sega": {"attribute": {"warmup_steps": 1}, "target": {"concepts": "target", "warmup_steps": 0}},
 }
 
 # Methods whose strength 0 is not "no edit" (see their module docstrings).
