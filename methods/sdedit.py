@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from harness.config import SamplerConfig
-from harness.diffusion import Schedule, denoise, make_condition, noise_to
+from harness.diffusion import Schedule, denoise, make_condition, noise_to, strength_start
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods._common import edit_prompts, pairs, request_noise, sample_states, source_states, start_noise
@@ -49,15 +49,6 @@ class SDEditOptions:
             raise ConfigError(f"{prefix}.guidance_scale", self.guidance_scale, "null or a finite number >= 0")
 
 
-def rerun_start(num_steps: int, t0: float) -> int:
-    """Grid index SDEdit starts denoising at: N − min(⌊N·t₀⌋, N), diffusers' img2img `get_timesteps` rule."""
-    n = min(int(num_steps * t0), num_steps)
-    if n < 1:
-        raise ValueError(f"SDEdit t0 = {t0} re-runs no step of a {num_steps}-step grid; raise t0 or num_steps "
-                         f"so that int(num_steps * t0) >= 1")
-    return num_steps - n
-
-
 @register_method("sdedit")
 class SDEdit(EditMethod):
     families = ("text",)
@@ -66,8 +57,8 @@ class SDEdit(EditMethod):
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
              sampler: SamplerConfig) -> list[EditOutput]:
         opts: SDEditOptions = self.options
+        start = strength_start(sampler.num_steps, opts.t0, "t0")  # refuses a grid too short first
         schedule = Schedule.from_backbone(backbone, sampler.num_steps)
-        start = rerun_start(sampler.num_steps, opts.t0)
         generated = sample_states(backbone, requests, sampler)
         x0 = source_states(requests, generated)
         eps = request_noise(requests, backbone.state_shape(), "sdedit", device=backbone.device)[:, 0]

@@ -127,6 +127,17 @@ def predict_eps_parts(backbone: Any, x: torch.Tensor, t: int, embeddings: Sequen
     return list(out.chunk(k))
 
 
+def strength_start(num_steps: int, strength: float, what: str = "strength") -> int:
+    """Grid index an image-to-image pass starts denoising at for a noise `strength` in (0, 1]: the last
+    n = min(⌊N·strength⌋, N) steps are run (diffusers' img2img / DiffEdit `get_timesteps` rule), so it is N − n.
+    Raises when n = 0 (no step would run); `what` names the option in the message."""
+    n = min(int(num_steps * strength), num_steps)
+    if n < 1:
+        raise ValueError(f"{what} = {strength} runs no step of a {num_steps}-step grid; raise it or num_steps "
+                         f"so that int(num_steps * {what}) >= 1")
+    return num_steps - n
+
+
 def noise_to(schedule: Schedule, i: int, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """A sample of the forward process q(x_t | x_0) at grid step i: sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε.
 

@@ -62,6 +62,7 @@ OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "avi": {"": {"samples_per_pair": 4, "epochs": 1, "batch_size": 8}},
     # SEGA's default warm-up (10 steps) is longer than the 3-step grid: nothing would be edited.
     "sega": {"attribute": {"warmup_steps": 1}, "target": {"concepts": "target", "warmup_steps": 0}},
+    "diffedit": {"": {"n_masks": 2}},
 }
 
 # Methods whose strength 0 is not "no edit" (see their module docstrings).
@@ -69,6 +70,7 @@ STRENGTH_ZERO_EDITS = {
     "avi": "γ = 0 keeps the x block U_x diag(S) V_xᵀ, not x itself",
     "sd": "strength is not used: the edit is the target prompt's regeneration",
     "sdedit": "strength is not used: t0 is the knob, and the edit is the SDEdit image of the input",
+    "diffedit": "strength is not used: the edit is the masked decoding with the target prompt",
 }
 
 

@@ -12,7 +12,8 @@ from harness.images import load_image
 from harness.schema import from_dict
 from harness.suites import load_suite
 from methods.base import EditRequest
-from methods.sdedit import SDEdit, SDEditOptions, rerun_start
+from harness.diffusion import strength_start
+from methods.sdedit import SDEdit, SDEditOptions
 from tests.methods._reference import assert_matches, float32_noise, pipeline
 from tests.methods.conftest import run_through_harness, to_uint8
 
@@ -47,7 +48,7 @@ def test_matches_diffusers_img2img(tiny_sd, monkeypatch) -> None:
 
     ours = SDEdit(SDEditOptions(t0=t0)).edit(tiny_sd, {}, [request], SAMPLER)[0].edited
     # The nearest-grid-step reading of t0 (Schedule.step_index: t = 601 instead of 501 here) is one step off.
-    assert rerun_start(SAMPLER.num_steps, 0.7) == 3 and rerun_start(SAMPLER.num_steps, t0) == 4
+    assert strength_start(SAMPLER.num_steps, 0.7) == 3 and strength_start(SAMPLER.num_steps, t0) == 4
     wrong = SDEdit(SDEditOptions(t0=0.7)).edit(tiny_sd, {}, [request], SAMPLER)[0].edited
     assert_matches(ours, reference(torch.float32), reference(torch.float64), wrong)
 
@@ -67,9 +68,9 @@ def test_bad_options_are_refused(options) -> None:
 
 
 def test_a_grid_too_short_for_t0_is_refused() -> None:
-    with pytest.raises(ValueError, match="re-runs no step"):
-        rerun_start(3, 0.3)
-    assert rerun_start(3, 1.0) == 0
+    with pytest.raises(ValueError, match="t0 = 0.3 runs no step"):
+        SDEdit(SDEditOptions(t0=0.3)).edit(None, {}, [], SamplerConfig(num_steps=3))
+    assert strength_start(3, 1.0) == 0 and strength_start(3, 0.34) == 2
 
 
 def test_real_images_through_the_harness_edit_the_image_itself(tmp_path, tiny_sd) -> None:
