@@ -75,8 +75,8 @@ class DiffEditOptions:
         for name in ("inversion_guidance", "guidance_scale", "mask_guidance_scale"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{prefix}.{name}", value, "a finite number >= 0" + ("" if name == "inversion_guidance"
-                                                                                      else " or null"))
+                allowed = "a finite number >= 0" + ("" if name == "inversion_guidance" else " or null")
+                raise ConfigError(f"{prefix}.{name}", value, allowed)
 
 
 def _guided(eps_u: torch.Tensor, eps_c: torch.Tensor, scale: float) -> torch.Tensor:

@@ -7,7 +7,8 @@ Generalised DDIM (Song et al.; Haas et al. eqs. 2-5), with ᾱ the cumulative no
     x_{t−1} = sqrt(ᾱ_{t−1}) P_t + D_t + σ_t z_t
 Step control: `denoise(start=i, stop=j)` runs steps i..j-1 of the grid, so a method can stop at any
 step, change the state, and continue; `predict` replaces the guided ε of a step and `after_step` the state
-after it, for methods that guide or blend differently. Asyrp injection uses the edited ε in P_t and the unedited ε in D_t.
+after it, for methods that guide or blend differently.
+Asyrp injection uses the edited ε in P_t and the unedited ε in D_t.
 The state is kept in float32 whatever the UNet dtype, so the step arithmetic never depends on precision.
 """
 from __future__ import annotations

@@ -52,7 +52,9 @@ def assert_matches(ours: torch.Tensor, ref32: torch.Tensor, truth: torch.Tensor,
     convention) outside it. Returns the tolerance."""
     tol = SLACK * error(ref32, truth) + 1e-7  # floor: a reference that rounds exactly still leaves ours 1 ulp
     assert error(ref32, truth) < 1e-3, f"float32 reference far from float64 ({error(ref32, truth):.2e})"
-    assert error(ours, truth) <= tol, f"{what}: ours {error(ours, truth):.3e} from float64 reference, tolerance {tol:.3e}"
+    assert error(ours, truth) <= tol, \
+        f"{what}: ours {error(ours, truth):.3e} from the float64 reference, tolerance {tol:.3e}"
     if wrong is not None:
-        assert error(wrong, truth) > tol, f"{what}: the wrong variant passes too ({error(wrong, truth):.3e} <= {tol:.3e})"
+        assert error(wrong, truth) > tol, \
+            f"{what}: the wrong variant passes too ({error(wrong, truth):.3e} <= {tol:.3e})"
     return tol
