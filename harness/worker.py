@@ -133,11 +133,12 @@ class Worker:
         art = self._states[key]
         return art["state"], float(art["seconds"])
 
-    def _real_image_start(self, backbone: Any, item: Any, transform: str) -> tuple[torch.Tensor, dict[str, Any]]:
-        """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule.
-
-        Returns x_T and the row fields: input_path, and the inversion's time and cache key (paid once per
-        image, whichever unit ran it first; the runtime summary counts each key once).
+    def _real_image_start(self, backbone: Any, item: Any, transform: str
+                          ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule;
+        the image's own state x_0 (one encoder pass, not cached); and the row fields: input_path, and the
+        inversion's time and cache key (paid once per image, whichever unit ran it first; the runtime summary
+        counts each key once).
         """
         from harness.diffusion import Schedule, ddim_invert, make_condition
         from harness.hashing import stable_hash
@@ -150,20 +151,20 @@ class Worker:
         sampler = self.config.sampler
         key = "inversion-" + stable_hash("inversion", backbone.fingerprint, sha, transform, item.prompt,
                                          sampler.num_steps)
+        x0 = backbone.encode(image[None].to(backbone.device))
         cached = self.store.load_artifact(key)
         if cached is None:
             # Guidance 1 (the caption alone) for inversion, as is standard: CFG breaks the ODE's reversibility.
             self._sync()
             start = time.perf_counter()
             cond = make_condition(backbone, [item.prompt], 1.0)
-            x0 = backbone.encode(image[None].to(backbone.device))
             x_T = ddim_invert(backbone, x0, Schedule.from_backbone(backbone, sampler.num_steps), cond).cpu()
             cached = {"x_T": x_T, "seconds": time.perf_counter() - start}
             self.store.save_artifact(key, cached)
         # Artifacts written before the time was recorded have none: NaN, not a made-up 0.
         fields = {"input_path": input_path, "inversion_key": key,
                   "inversion_seconds": float(cached.get("seconds", math.nan))}
-        return cached["x_T"][0], fields
+        return cached["x_T"][0], x0[0].cpu(), fields
 
     def _input_error(self, backbone: Any, item: Any) -> str | None:
         if backbone.family != "text":
@@ -220,17 +221,17 @@ class Worker:
             item = suite.item(unit.item_id)
             rows[unit.key] = self._row(batch, unit, item, method, prep_seconds)
             error = load_error or self._input_error(backbone, item)
-            x_T = None
+            x_T = x_0 = None
             if not error and item.image:
                 try:
-                    x_T, fields = self._real_image_start(backbone, item, suite.image_transform)
+                    x_T, x_0, fields = self._real_image_start(backbone, item, suite.image_transform)
                     rows[unit.key].update(fields)
                 except Exception as exc:  # unreadable or wrongly sized files fail their unit only
                     error = f"{type(exc).__name__}: {exc}"
             if error:
                 rows[unit.key].update(status="failed", error=error)
             else:
-                requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed, x_T))
+                requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed, x_T, x_0))
         images = self._edit(batch, method, backbone, state, requests, rows) if requests else []
         return rows, images
 

@@ -1,5 +1,5 @@
-"""Pieces several methods share, written once: start noise per request, prompts, paired generation, and the
-condition a method continues with after an edit step (avi, park)."""
+"""Pieces several methods share, written once: start noise per request, prompts, paired generation, the image
+an image-to-image method edits, and the condition a method continues with after an edit step (avi, park)."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,7 @@ from harness.diffusion import Schedule, Trace, denoise, initial_noise, make_cond
 from harness.diffusion.backbone import Backbone
 from harness.diffusion.sampler import Condition, DeltaH
 from harness.errors import ConfigError
+from harness.hashing import stable_seed
 from methods.base import EditOutput, EditRequest
 
 
@@ -31,7 +32,19 @@ def original_condition(backbone: Backbone, requests: Sequence[EditRequest], samp
 
 
 def target_condition(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig) -> Condition | None:
-    return make_condition(backbone, [r.item.target_prompt or r.item.prompt for r in requests], sampler.guidance_scale)
+    return make_condition(backbone, edit_prompts(requests), sampler.guidance_scale)
+
+
+def sample_states(backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig, *,
+                  delta_h: DeltaH | None = None, injection: str = "plain", cond: Condition | None = None,
+                  trace: Trace | None = None, relative_delta: bool = False) -> torch.Tensor:
+    """Full trajectory from each request's own x_T (and z_{T:1}): the final states x_0 (B, C, H, W), undecoded."""
+    schedule = Schedule.from_backbone(backbone, sampler.num_steps)
+    x_T, noises = start_noise(backbone, requests, sampler)
+    if cond is None:
+        cond = original_condition(backbone, requests, sampler)
+    return denoise(backbone, x_T, schedule, cond, eta=sampler.eta, noises=noises, delta_h=delta_h,
+                   injection=injection, trace=trace, relative_delta=relative_delta)
 
 
 ContinuePrompt = Literal["original", "empty", "target"]
@@ -58,13 +71,41 @@ def generate(backbone: Backbone, requests: Sequence[EditRequest], sampler: Sampl
              delta_h: DeltaH | None = None, injection: str = "plain", cond: Condition | None = None,
              trace: Trace | None = None, relative_delta: bool = False) -> torch.Tensor:
     """Full trajectory from each request's own x_T (and z_{T:1}), decoded to images in [0, 1]."""
-    schedule = Schedule.from_backbone(backbone, sampler.num_steps)
-    x_T, noises = start_noise(backbone, requests, sampler)
-    if cond is None:
-        cond = original_condition(backbone, requests, sampler)
-    x0 = denoise(backbone, x_T, schedule, cond, eta=sampler.eta, noises=noises, delta_h=delta_h,
-                 injection=injection, trace=trace, relative_delta=relative_delta)
-    return backbone.decode(x0)
+    return backbone.decode(sample_states(backbone, requests, sampler, delta_h=delta_h, injection=injection,
+                                         cond=cond, trace=trace, relative_delta=relative_delta))
+
+
+def source_states(requests: Sequence[EditRequest], generated: torch.Tensor) -> torch.Tensor:
+    """The image an image-to-image method edits, as a state x_0 per request: a real image's own x_0
+    (`EditRequest.x_0`), else the request's generated original (`generated`, from `sample_states`).
+
+    A real image is edited as given, not its DDIM reconstruction (which the unit's `original` shows)."""
+    x0 = generated.clone()
+    for i, r in enumerate(requests):
+        if r.x_0 is not None:
+            x0[i] = r.x_0.to(x0.device, x0.dtype)
+    return x0
+
+
+def request_noise(requests: Sequence[EditRequest], shape: tuple[int, ...], purpose: str, n: int = 1,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Fresh Gaussian noise (B, n, *shape) per request, from a seed derived from the request's seed and `purpose`.
+
+    Independent of x_T (a real image's x_T is its inversion, not noise), the same on every device (drawn on the
+    CPU in float32) and whatever the batch."""
+    out = []
+    for r in requests:
+        g = torch.Generator().manual_seed(stable_seed(purpose, r.seed))
+        out.append(torch.randn((n, *shape), generator=g))
+    return torch.stack(out).to(device)
+
+
+def edit_prompts(requests: Sequence[EditRequest]) -> list[str]:
+    """Each request's target prompt (its prompt when the item has none)."""
+    return [r.item.target_prompt or r.item.prompt for r in requests]
+
+
+
 
 
 def per_request_delta(directions: torch.Tensor, strengths: Sequence[float]) -> torch.Tensor:

@@ -47,6 +47,9 @@ class EditRequest:
     """Noise seed of the sample; shared by every method for the same (model, suite, item, seed)."""
     x_T: torch.Tensor | None = None
     """For real-image units: the DDIM inversion of the image, to start from instead of the seed's noise."""
+    x_0: torch.Tensor | None = None
+    """For real-image units: the image itself as a diffusion state (C, H, W) (VAE mean for latent models), the
+    x_0 that `x_T` inverts. Image-to-image methods (SDEdit, DiffEdit) edit it rather than its reconstruction."""
 
 
 @dataclass

@@ -2,10 +2,12 @@
 from harness.diffusion.backbone import Backbone
 from harness.diffusion.hspace import MidBlockHook, h_shape
 from harness.diffusion.sampler import (
-    Condition, Schedule, Trace, ddim_invert, ddim_step, denoise, initial_noise, make_condition, predict_eps,
+    Condition, Schedule, Trace, ddim_invert, ddim_step, denoise, initial_noise, make_condition, noise_to, predict_eps,
+    predict_eps_parts, strength_start,
 )
 
 __all__ = [
     "Backbone", "MidBlockHook", "h_shape", "Condition", "Schedule", "Trace", "ddim_invert", "ddim_step",
-    "denoise", "initial_noise", "make_condition", "predict_eps",
+    "denoise", "initial_noise", "make_condition", "noise_to", "predict_eps", "predict_eps_parts",
+    "strength_start",
 ]

@@ -6,7 +6,9 @@ Generalised DDIM (Song et al.; Haas et al. eqs. 2-5), with ᾱ the cumulative no
     σ_t    = η sqrt((1−ᾱ_{t−1})/(1−ᾱ_t)) sqrt(1 − ᾱ_t/ᾱ_{t−1})
     x_{t−1} = sqrt(ᾱ_{t−1}) P_t + D_t + σ_t z_t
 Step control: `denoise(start=i, stop=j)` runs steps i..j-1 of the grid, so a method can stop at any
-step, change the state, and continue. Asyrp injection uses the edited ε in P_t and the unedited ε in D_t.
+step, change the state, and continue; `predict` replaces the guided ε of a step and `after_step` the state
+after it, for methods that guide or blend differently.
+Asyrp injection uses the edited ε in P_t and the unedited ε in D_t.
 The state is kept in float32 whatever the UNet dtype, so the step arithmetic never depends on precision.
 """
 from __future__ import annotations
@@ -110,6 +112,41 @@ def predict_eps(backbone: Any, x: torch.Tensor, t: int, cond: Condition | None,
     return out
 
 
+def predict_eps_parts(backbone: Any, x: torch.Tensor, t: int, embeddings: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Unguided ε (float32) of x (B, ...) at t under each of several conditionings (each (B, L, D)), in one UNet call.
+
+    For methods that combine more than CFG's two halves (SEGA's edit concepts, DiffEdit's two prompts): the
+    batch is [x under embeddings[0], x under embeddings[1], ...]. v-prediction is converted as in predict_eps.
+    """
+    k = len(embeddings)
+    x_in = x.to(backbone.dtype)
+    out = backbone.unet(torch.cat([x_in] * k), t, encoder_hidden_states=torch.cat(list(embeddings))).sample
+    out = out[:, : x.shape[1]].float()
+    if backbone.scheduler.config.prediction_type == "v_prediction":
+        a = float(backbone.scheduler.alphas_cumprod[t])
+        out = a**0.5 * out + (1 - a) ** 0.5 * torch.cat([x.float()] * k)
+    return list(out.chunk(k))
+
+
+def strength_start(num_steps: int, strength: float, what: str = "strength") -> int:
+    """Grid index an image-to-image pass starts denoising at for a noise `strength` in (0, 1]: the last
+    n = min(⌊N·strength⌋, N) steps are run (diffusers' img2img / DiffEdit `get_timesteps` rule), so it is N − n.
+    Raises when n = 0 (no step would run); `what` names the option in the message."""
+    n = min(int(num_steps * strength), num_steps)
+    if n < 1:
+        raise ValueError(f"{what} = {strength} runs no step of a {num_steps}-step grid; raise it or num_steps "
+                         f"so that int(num_steps * {what}) >= 1")
+    return num_steps - n
+
+
+def noise_to(schedule: Schedule, i: int, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A sample of the forward process q(x_t | x_0) at grid step i: sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε.
+
+    The state `denoise(start=i)` starts from (diffusers' `scheduler.add_noise` at timesteps[i])."""
+    a = schedule.alpha(i)
+    return a**0.5 * x0.float() + (1 - a) ** 0.5 * noise.float()
+
+
 def pred_x0(schedule: Schedule, i: int, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     a = schedule.alpha(i)
     return (x - (1 - a) ** 0.5 * eps) / a**0.5
@@ -159,13 +196,20 @@ def denoise(
     injection: Literal["plain", "asyrp"] = "plain",
     trace: Trace | None = None,
     relative_delta: bool = False,
+    predict: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run DDIM steps start..stop-1 from state x (B, C, H, W); returns the state after the last step.
 
     noises: (B, num_steps, C, H, W) variance noise, indexed by grid step, required when eta > 0.
     delta_h(i): Δh for step i (B or 1, *h_shape) or None; injected as `injection` says.
     relative_delta: delta_h(i) is in units of each sample's ‖h_t‖ at that pass (MidBlockHook.relative).
+    predict(x, i): the ε to step with at grid step i, in place of `predict_eps(backbone, x, t_i, cond)`, for
+    methods that guide differently (SEGA); it excludes `cond`, `delta_h` and h recording.
+    after_step(i, x_prev): the state to continue from after step i (DiffEdit's masked blend), or None.
     """
+    if predict is not None and (cond is not None or delta_h is not None or (trace is not None and trace.record_h)):
+        raise ValueError("`predict` replaces the UNet call: it cannot be combined with cond, delta_h or h recording")
     stop = len(schedule) if stop is None else stop
     x = x.float()
     batch = x.shape[0]
@@ -181,7 +225,7 @@ def denoise(
                 trace.steps.append(i)
             if hook is not None:
                 hook.delta, hook.relative, hook.samples = delta, relative_delta, batch
-            eps = predict_eps(backbone, x, t, cond, hook)
+            eps = predict(x, i) if predict is not None else predict_eps(backbone, x, t, cond, hook)
             if trace is not None and trace.record_h:
                 # Record the unshifted h: what the model produced before the edit.
                 trace.hs.append(_h_of_cond_half(hook.raw, batch).float())
@@ -191,6 +235,8 @@ def denoise(
                 eps_dir = predict_eps(backbone, x, t, cond, hook)
             noise = noises[:, i].to(x.device) if (noises is not None and eta > 0) else None
             x = ddim_step(schedule, i, x, eps, eps_dir=eps_dir, eta=eta, noise=noise)
+            if after_step is not None:
+                x = after_step(i, x)
     return x
 
 
@@ -212,11 +258,18 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, ...], num_steps: int, 
 
 
 def ddim_invert(backbone: Any, x0: torch.Tensor, schedule: Schedule, cond: Condition | None = None,
-                trace: Trace | None = None) -> torch.Tensor:
-    """Deterministic DDIM inversion (η = 0): x_0 -> x_T along the same grid, run backwards."""
+                trace: Trace | None = None, start: int = 0) -> torch.Tensor:
+    """Deterministic DDIM inversion (η = 0): x_0 -> x_T along the same grid, run backwards.
+
+    start: invert only as far as the state `denoise(start=start)` starts from (grid step `start`'s x_t), as
+    DiffEdit's encoding ratio asks; 0 inverts the whole grid. The trace records the state after each inverse
+    step, least noisy first (trace.steps holds the grid index i whose input state each one is).
+    """
+    if not 0 <= start <= len(schedule):
+        raise ValueError(f"start must be a grid index in [0, {len(schedule)}], got {start}")
     x = x0.float()
     with torch.no_grad():
-        for i in reversed(range(len(schedule))):
+        for i in reversed(range(start, len(schedule))):
             t = schedule.timesteps[i]
             a, a_prev = schedule.alpha(i), schedule.alpha_prev(i)
             # ε is evaluated at the less noisy state (the standard approximation of inversion).

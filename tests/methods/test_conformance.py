@@ -14,8 +14,8 @@ age) and a real image (world_real scene0, started from its DDIM inversion). Chec
   strength changes the image;
 - the originals are the shared unedited samples (`methods._common.generate` of the same requests), so every
   method edits the same starting images;
-- real-image requests (`x_T` set) start from `x_T`, and strength 0 returns the original byte for byte,
-  except for the methods in `STRENGTH_ZERO_EDITS` (their module docstrings say why);
+- real-image requests (`x_T` and the image's `x_0` set) start from `x_T`, and strength 0 returns the original
+  byte for byte, except for the methods in `STRENGTH_ZERO_EDITS` (their module docstrings say why);
 - a request's images do not depend on its batch-mates (companions with another attribute, another prompt,
   a real image), to 1e-5: batches are split and regrouped by the executors.
 The state goes through torch.save/torch.load before `edit`, as the harness's artifact cache passes it.
@@ -63,12 +63,17 @@ OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "park": {"": {"pca_rank": 1, "n_guidance": 2, "convergence": {"max_iters": 2, "min_iters": 0}, **CALIBRATION}},
     "avi": {"": {"samples_per_pair": 4, "epochs": 1, "batch_size": 8}},
+    # SEGA's default warm-up (10 steps) is longer than the 3-step grid: nothing would be edited.
+    "sega": {"attribute": {"warmup_steps": 1}, "target": {"concepts": "target", "warmup_steps": 0}},
+    "diffedit": {"": {"n_masks": 2}},
 }
 
 # Methods whose strength 0 is not "no edit" (see their module docstrings).
 STRENGTH_ZERO_EDITS = {
     "avi": "γ = 0 keeps the x block U_x diag(S) V_xᵀ, not x itself",
     "sd": "strength is not used: the edit is the target prompt's regeneration",
+    "sdedit": "strength is not used: t0 is the knob, and the edit is the SDEdit image of the input",
+    "diffedit": "strength is not used: the edit is the masked decoding with the target prompt",
 }
 
 
@@ -209,12 +214,13 @@ def _round_trip(state: dict) -> dict:
     return torch.load(buf, map_location="cpu", weights_only=False)
 
 
-def _real_x_T(backbone: Backbone) -> torch.Tensor:
-    """x_T of the real image by DDIM inversion with its caption, guidance 1 (as the worker does)."""
+def _real_start(backbone: Backbone) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_T of the real image by DDIM inversion with its caption, guidance 1, and its x_0 (as the worker does)."""
     image, _ = load_image(REAL.image, backbone.resolution, "center-crop")
     x0 = backbone.encode(image[None].to(backbone.device))
     cond = make_condition(backbone, [REAL.prompt], 1.0)
-    return ddim_invert(backbone, x0, Schedule.from_backbone(backbone, SAMPLER.num_steps), cond)[0].cpu()
+    x_T = ddim_invert(backbone, x0, Schedule.from_backbone(backbone, SAMPLER.num_steps), cond)
+    return x_T[0].cpu(), x0[0].cpu()
 
 
 def _method(name: str, label: str) -> EditMethod:
@@ -231,10 +237,10 @@ def world(request) -> Callable[[str], dict]:
     def get(model: str) -> dict:
         if model not in cache:
             backbone = request.getfixturevalue(model.replace("-", "_"))
-            x_T = _real_x_T(backbone)
+            x_T, x_0 = _real_start(backbone)
             assert torch.isfinite(x_T).all()
             requests = [EditRequest("a", SMILE, STRENGTH, 11), EditRequest("b", AGE, -STRENGTH / 2, 12),
-                        EditRequest("c", REAL, STRENGTH, 13, x_T)]
+                        EditRequest("c", REAL, STRENGTH, 13, x_T, x_0)]
             cache[model] = {"backbone": backbone, "x_T": x_T, "requests": requests}
         return cache[model]
 
@@ -358,7 +364,7 @@ def test_originals_are_the_shared_unedited_samples(cases, name: str, label: str,
 def test_real_image_requests_start_from_x_T(cases, name: str, label: str, model: str) -> None:
     case = cases(name, label, model)
     real = case.requests[2]
-    zero_real = EditRequest("c0", REAL, 0.0, real.seed, real.x_T)
+    zero_real = EditRequest("c0", REAL, 0.0, real.seed, real.x_T, real.x_0)
     zero_seed = EditRequest("a0", SMILE, 0.0, case.requests[0].seed)
     batch = [zero_real, real, zero_seed]
     outputs = case.edit(batch)
