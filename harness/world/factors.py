@@ -16,8 +16,9 @@ Geometry (fractions of the resolution R):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+
+from ._scene import JitteredScene
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
@@ -55,7 +56,7 @@ assert max(SIZE_EXTENT.values()) + MAX_JITTER < min(X_ANCHOR.values()), "objects
 
 
 @dataclass(frozen=True)
-class Scene:
+class Scene(JitteredScene):
     """One object on a background. ``dx``/``dy`` are continuous jitter (fraction of the side)."""
 
     shape: str
@@ -68,22 +69,9 @@ class Scene:
     dy: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in FACTOR_NAMES:
-            value = getattr(self, name)
-            if value not in FACTOR_VALUES[name]:
-                raise ValueError(f"{name}={value!r} not in {FACTOR_VALUES[name]}")
+        super().__post_init__()
         if self.fg == self.bg:
             raise ValueError(f"fg and bg must differ (both {self.fg!r})")
-        if abs(self.dx) > MAX_JITTER or abs(self.dy) > MAX_JITTER:
-            raise ValueError(f"jitter ({self.dx}, {self.dy}) exceeds MAX_JITTER={MAX_JITTER}")
-
-    def factors(self) -> dict[str, str]:
-        """The discrete factors only (what the oracle recovers)."""
-        return {name: getattr(self, name) for name in FACTOR_NAMES}
-
-    def key(self) -> tuple[str, ...]:
-        """Discrete factor tuple, in ``FACTOR_NAMES`` order (used for the split)."""
-        return tuple(getattr(self, name) for name in FACTOR_NAMES)
 
     def center(self) -> tuple[float, float]:
         """Object centre (= centroid) as fractions of the side, (x, y)."""
@@ -93,5 +81,5 @@ class Scene:
         """Half-extent h as a fraction of the side."""
         return SIZE_EXTENT[self.size]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+
+Scene._factor_names, Scene._factor_values, Scene._max_jitter = FACTOR_NAMES, FACTOR_VALUES, MAX_JITTER

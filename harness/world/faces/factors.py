@@ -19,8 +19,9 @@ Palettes are chosen so that every pair of colours that can touch is far apart in
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+
+from .._scene import JitteredScene
 
 ATTRIBUTES: tuple[str, ...] = ("smile", "glasses", "age", "gender", "hat")
 NUISANCE: tuple[str, ...] = ("skin", "hair", "bg")
@@ -57,7 +58,7 @@ MAX_JITTER = 0.02  # |dx|, |dy| bound on the whole face, fraction of the side (0
 
 
 @dataclass(frozen=True)
-class Face:
+class Face(JitteredScene):
     """One aligned portrait. ``dx``/``dy`` move the whole face (fraction of the side)."""
 
     smile: str
@@ -71,19 +72,5 @@ class Face:
     dx: float = 0.0
     dy: float = 0.0
 
-    def __post_init__(self) -> None:
-        for name in FACTOR_NAMES:
-            value = getattr(self, name)
-            if value not in FACTOR_VALUES[name]:
-                raise ValueError(f"{name}={value!r} not in {FACTOR_VALUES[name]}")
-        if abs(self.dx) > MAX_JITTER or abs(self.dy) > MAX_JITTER:
-            raise ValueError(f"jitter ({self.dx}, {self.dy}) exceeds MAX_JITTER={MAX_JITTER}")
 
-    def factors(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in FACTOR_NAMES}
-
-    def key(self) -> tuple[str, ...]:
-        return tuple(getattr(self, name) for name in FACTOR_NAMES)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+Face._factor_names, Face._factor_values, Face._max_jitter = FACTOR_NAMES, FACTOR_VALUES, MAX_JITTER

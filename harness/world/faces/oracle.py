@@ -2,8 +2,9 @@
 
 The renderer is known exactly, so the oracle explains the image with it:
 
-  1. colours: background = median of the 1-px border, skin = median of two cheek patches, hair = median of
-     the temples (hair beside the forehead, visible whatever the attributes), each snapped to its palette;
+  1. colours: background = median of the 1-px border, skin = median of two cheek patches, each snapped to its
+     palette (and refused beyond SNAP_TOL); a first hair colour from the temples (hair beside the forehead,
+     visible whatever the attributes);
   2. a first guess of every attribute from the share of its region near its colour (hat red in the crown
      region, hair beside the shoulders, dark lenses, the open mouth, wrinkles and grey eyebrows);
   3. the jitter (dx, dy) that best explains the image, by a coarse-to-fine grid search;
@@ -13,7 +14,7 @@ The renderer is known exactly, so the oracle explains the image with it:
      is +1 for a clean render of A, -1 for one of B and 0 halfway (it is the position of x's projection on
      the segment A-B). Attributes are swept twice (a flip can change another's evidence, e.g. the hat).
 
-A reading is valid when every colour snaps within SNAP_TOL, every |t| >= MIN_MARGIN (the attribute is
+A reading is valid when background and skin snap within SNAP_TOL, every |t| >= MIN_MARGIN (the attribute is
 visibly one or the other) and the best render explains the image to an RMS residual below MAX_RESIDUAL
 (0..255 units; it is a face of this world, not something else). ``margins`` holds each attribute's t.
 Works at any resolution (regions are fractions of the side).
@@ -170,10 +171,9 @@ def read_face(image: np.ndarray) -> FaceReading:
     values["skin"], d = _snap(skin_rgb, SKIN)
     if d > SNAP_TOL:
         return FaceReading(False, f"no face: cheek colour {skin_rgb.round().tolist()} is no skin tone", values)
-    hair_rgb = np.median(_pixels(img, TEMPLES), axis=0)
-    values["hair"], d = _snap(hair_rgb, HAIR)
-    if d > SNAP_TOL:
-        return FaceReading(False, f"temple colour {hair_rgb.round().tolist()} is no hair colour", values)
+    # The temples are a few pixels wide: their median only seeds the fit, which decides the hair colour
+    # (a blurred temple mixes with skin and background, measured: 6 of 1,000 blurred noisy renders).
+    values["hair"], _ = _snap(np.median(_pixels(img, TEMPLES), axis=0), HAIR)
 
     face = Face(**_guess(img, values["skin"], values["hair"]), skin=values["skin"], hair=values["hair"],
                 bg=values["bg"])

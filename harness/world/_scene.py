@@ -1,0 +1,36 @@
+"""What every world's scene dataclass shares: discrete factors checked against their values, a small jitter."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Mapping
+
+
+class JitteredScene:
+    """Mixin for a frozen scene dataclass with one str field per discrete factor plus ``dx``/``dy`` jitter.
+
+    Subclasses set ``_factor_names``, ``_factor_values`` and ``_max_jitter`` as plain class attributes."""
+
+    _factor_names: tuple[str, ...] = ()
+    _factor_values: Mapping[str, tuple[str, ...]] = {}
+    _max_jitter: float = 0.0
+    dx: float
+    dy: float
+
+    def __post_init__(self) -> None:
+        for name in self._factor_names:
+            value = getattr(self, name)
+            if value not in self._factor_values[name]:
+                raise ValueError(f"{name}={value!r} not in {self._factor_values[name]}")
+        if abs(self.dx) > self._max_jitter or abs(self.dy) > self._max_jitter:
+            raise ValueError(f"jitter ({self.dx}, {self.dy}) exceeds MAX_JITTER={self._max_jitter}")
+
+    def factors(self) -> dict[str, str]:
+        """The discrete factors only (what the oracle recovers)."""
+        return {name: getattr(self, name) for name in self._factor_names}
+
+    def key(self) -> tuple[str, ...]:
+        """Discrete factor tuple, in factor order (used for the split)."""
+        return tuple(getattr(self, name) for name in self._factor_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
