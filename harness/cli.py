@@ -103,7 +103,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         registry = discover_methods()
         for name in registry.names():
             cls = registry.get(name)
-            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            # a plug-in module may have no docstring: list it all the same
+            doc = ((sys.modules[cls.__module__].__doc__ or "").strip().splitlines() or [""])[0]
             print(f"{name:20s} v{cls.version}  families={','.join(cls.families):24s} {doc}")
     elif args.command == "suites":
         from harness.suites import list_suites, load_suite

@@ -73,11 +73,12 @@ def _method(name: str, scale: str, window: tuple[float, float]):
     if name == "random-direction":
         return RandomDirection(RandomDirectionOptions(scale=3.0, **common))
     if name == "hspace-pca":
-        return HSpacePCA(HSpacePCAOptions(n_samples=4, n_components=2, batch_size=4, **common))
+        # a fixed component: this test is about the strength scale, not the calibrated choice (no scorer needed)
+        return HSpacePCA(HSpacePCAOptions(n_samples=4, n_components=2, batch_size=4, component=0, **common))
     if name == "supervised":
         return Supervised(SupervisedOptions(n_samples=4, n_examples=1, batch_size=4,
                                             scorer=ScorerSpec(kind="channel-mean"), **common))
-    return JacobianSubspace(JacobianOptions(k=1, directions_from="reference", scale=50.0,
+    return JacobianSubspace(JacobianOptions(k=1, directions_from="reference", scale=50.0, component=0,
                                             convergence=StopCriterion(max_iters=4), **common))
 
 

@@ -78,7 +78,7 @@ def test_flip_counts_only_originals_not_already_at_the_target(tmp_path) -> None:
 def test_flip_tells_a_no_op_from_a_working_edit(tmp_path) -> None:
     """Four originals, two already large. A no-op 'succeeds' on half of them but flips none; an edit that
     makes every scene large flips all eligible ones. oracle_success cannot tell the two apart as well."""
-    from metrics.stage import _mean_aggregates
+    from metrics._stage import mean_aggregates
 
     originals = {"a": SMALL, "b": LARGE, "c": SMALL, "d": LARGE}
     (tmp_path / "noop").mkdir()
@@ -88,7 +88,7 @@ def test_flip_tells_a_no_op_from_a_working_edit(tmp_path) -> None:
     for frame, flip, success in ((noop, 0.0, 0.5), (works, 1.0, 1.0)):
         per = frame.assign(**{c: "x" for c in ("implementation", "library_version", "backbone", "weights_sha256",
                                                  "resize", "metric_version")})
-        agg = {m: _mean_aggregates(per, m, clamp=False).iloc[0] for m in ("oracle_flip", "oracle_success",
+        agg = {m: mean_aggregates(per, m).iloc[0] for m in ("oracle_flip", "oracle_success",
                                                                            "oracle_base_rate")}
         assert agg["oracle_flip"]["value"] == flip and agg["oracle_flip"]["n"] == 2  # only the two small originals
         assert agg["oracle_success"]["value"] == success and agg["oracle_success"]["n"] == 4
