@@ -316,7 +316,10 @@ def load_backbone(name: str, device: str | None = None, dtype: Any = None) -> "B
     from harness.diffusion.backbone import Backbone
 
     spec = resolve_model(name)
+    from harness.diffusion.sampler import check_prediction_type
+
     parts = _seeded(FACTORIES[spec.factory]) if spec.factory else _load_pretrained(spec)
+    check_prediction_type(parts["scheduler"], name)  # refused at load, before any work, not mid-trajectory
     backbone = Backbone(name=name, family=spec.family, fingerprint=model_fingerprint(spec), **parts).eval()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # fp32 is the checkpoints' dtype: casting to it again only triggers diffusers' keep-in-fp32 warning.

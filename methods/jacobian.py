@@ -23,6 +23,13 @@ The request strength is γ (README examples: ±50–100 with 10 steps). Directio
 request sample (the paper's image-specific use) or once in `prepare` on a reference seed and transferred
 to every sample (Fig. 5); transferred edits use the reference's σ_{j,t} too.
 
+Sign convention: a singular vector's sign is arbitrary, and it decides which way a positive strength
+moves. Here each v_{j,t} has its entry of largest magnitude positive (methods/_subspace.fix_signs, after
+every iteration), so the direction is a function of J_t alone. The official code iterates on J Jᵀ in ε space
+from a Gaussian start (torch.manual_seed(42)) and returns Jᵀu/σ without fixing the sign: its direction is
+set by that random start, so the same edit can have the opposite sign there (its plots then align the
+steps to step 0, as hspace-pca's align_signs does; with one direction applied at every step that is moot).
+
 Text models (not in the paper): with classifier-free guidance the Jacobian is that of the *guided* ε,
 with the same Δ on both CFG halves, exactly as edits are injected (MidBlockHook.delta), i.e.
 (1 − w) ∂ε_u/∂h + w ∂ε_c/∂h. A mask given in relative image coordinates is taken on the latent grid

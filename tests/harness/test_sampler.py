@@ -119,3 +119,35 @@ def test_ddim_inversion_roundtrip_is_close(unet_backbone) -> None:
     # Measured, not assumed: a random-weight UNet is far from the linear regime where inversion is exact.
     err = (rec - x0).abs().max().item()
     assert err < 0.5 * x0.abs().max().item()
+
+
+def _with_prediction_type(backbone, kind: str):
+    from dataclasses import replace
+
+    from diffusers import DDIMScheduler
+
+    return replace(backbone, scheduler=DDIMScheduler.from_config(backbone.scheduler.config, prediction_type=kind),
+                   _text_cache={})
+
+
+def test_sample_prediction_checkpoints_are_converted_to_eps(unet_backbone) -> None:
+    # Issue 17.6: an x₀-predicting checkpoint loaded without complaint and its output was read as ε.
+    # Reference: diffusers' DDIMScheduler given the raw UNet output and prediction_type="sample".
+    backbone = _with_prediction_type(unet_backbone, "sample")
+    x_T, _ = initial_noise([1, 2], backbone.state_shape(), 5, 0.0)
+    ours = denoise(backbone, x_T, Schedule.from_backbone(backbone, 5))
+    sched = copy.deepcopy(backbone.scheduler)
+    sched.set_timesteps(5)
+    ref = x_T
+    for t in sched.timesteps:
+        with torch.no_grad():
+            ref = sched.step(backbone.unet(ref, int(t)).sample, t, ref).prev_sample
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_prediction_types_are_refused_naming_the_model(unet_backbone) -> None:
+    from harness.errors import HarnessError
+
+    backbone = _with_prediction_type(unet_backbone, "flow")
+    with pytest.raises(HarnessError, match="model tiny-unet: scheduler prediction_type 'flow' is not supported"):
+        predict_eps(backbone, torch.zeros(1, *backbone.state_shape()), 500, None)
