@@ -281,7 +281,8 @@ def test_training_target_is_what_the_harness_sampler_converts_back_to_noise(pred
         def forward(self, x, t):
             return SimpleNamespace(sample=target + 0 * self.w)
 
-    backbone = SimpleNamespace(unet=Oracle(), scheduler=scheduler, dtype=torch.float32, compiled_unet=None)
+    backbone = SimpleNamespace(name="oracle-unet", unet=Oracle(), scheduler=scheduler, dtype=torch.float32,
+                               compiled_unet=None)
     torch.testing.assert_close(predict_eps(backbone, x_t, t, None), noise, rtol=1e-5, atol=1e-5)
 
 
