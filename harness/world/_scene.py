@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence, TypeVar
+
+import numpy as np
 
 
 class JitteredScene:
@@ -34,3 +36,15 @@ class JitteredScene:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
+
+
+S = TypeVar("S", bound=JitteredScene)
+
+
+def draw_scenes(cls: type[S], combos: Sequence[tuple[str, ...]], n: int, seed: int) -> list[S]:
+    """``n`` scenes of ``cls`` drawn uniformly (with replacement) from ``combos``, with uniform jitter in
+    [-max_jitter, max_jitter] on both axes; reproducible for a given seed (one generator, indices then jitter)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(len(combos), size=n)
+    jitter = rng.uniform(-cls._max_jitter, cls._max_jitter, size=(n, 2))
+    return [cls(*combos[i], dx=float(dx), dy=float(dy)) for i, (dx, dy) in zip(idx, jitter)]

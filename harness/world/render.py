@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._scene import draw_scenes
 from .factors import (
     COLORS, FACTOR_NAMES, MAX_JITTER, PALETTE, SHAPES, SIZES, XS, YS, Scene,
 )
@@ -135,8 +136,4 @@ def split_combinations(split: str) -> tuple[tuple[str, ...], ...]:
 def sample_scenes(n: int, seed: int, split: str = "train") -> list[Scene]:
     """``n`` scenes drawn uniformly (with replacement) from ``split``'s combinations,
     with uniform jitter in [-MAX_JITTER, MAX_JITTER]; reproducible for a given seed."""
-    combos = split_combinations(split)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(len(combos), size=n)
-    jitter = rng.uniform(-MAX_JITTER, MAX_JITTER, size=(n, 2))
-    return [Scene(*combos[i], dx=float(dx), dy=float(dy)) for i, (dx, dy) in zip(idx, jitter)]
+    return draw_scenes(Scene, split_combinations(split), n, seed)

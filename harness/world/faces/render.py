@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .._scene import draw_scenes
 from .factors import (
     BACKGROUND, BROW_OLD_RGB, EYE_RGB, FACTOR_NAMES, FACTOR_VALUES, HAIR, HAT_RGB, LENS_RGB, MAX_JITTER,
     MOUTH_RGB, SKIN, WRINKLE_SHADE, Face,
@@ -221,8 +222,4 @@ def split_combinations(split: str) -> tuple[tuple[str, ...], ...]:
 
 def sample_faces(n: int, seed: int, split: str = "train") -> list[Face]:
     """``n`` faces drawn uniformly (with replacement) from ``split``'s combinations, uniform jitter."""
-    combos = split_combinations(split)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(len(combos), size=n)
-    jitter = rng.uniform(-MAX_JITTER, MAX_JITTER, size=(n, 2))
-    return [Face(*combos[i], dx=float(dx), dy=float(dy)) for i, (dx, dy) in zip(idx, jitter)]
+    return draw_scenes(Face, split_combinations(split), n, seed)
