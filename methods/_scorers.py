@@ -75,12 +75,15 @@ def channel_mean_scorer(channel: int = 0, device: Any = "cpu") -> Scorer:
 
 
 @register_scorer("oracle")
-def oracle_scorer(device: Any = "cpu") -> Scorer:
-    """The embedded world's exact oracle: 1 where the image is valid and shows the attribute's (factor, value), else 0.
+def oracle_scorer(device: Any = "cpu", world: str = "shapes") -> Scorer:
+    """A procedural world's exact oracle (`world`: a name in harness.world.registry, e.g. shapes or faces):
+    1 where the image is valid and shows the attribute's (factor, value), else 0.
 
     Only for attributes with a `factor` and `value` (world suites); the prompts are not used.
     """
-    from harness.world import read_scene  # imported lazily: only world suites need it
+    from harness.world.registry import get_world  # imported lazily: only world suites need it
+
+    read_scene = get_world(world).read
 
     def score(images: torch.Tensor, positive: str, negative: str | None = None, *,
               attribute: Attribute | None = None) -> torch.Tensor:

@@ -295,3 +295,17 @@ def test_oracle_scorer_reads_the_attribute_target() -> None:
         assert score_attribute(oracle, images, suite.attributes[name]).tolist() == hits, name
     with pytest.raises(ValueError, match="factor"):
         score_attribute(oracle, images, Attribute("a smile", "no smile"))
+
+
+def test_oracle_scorer_reads_the_faces_world_when_told() -> None:
+    from harness.world.faces.factors import Face
+    from harness.world.faces.render import render
+
+    suite = load_suite("faces_hspace")
+    faces = [Face("smiling", "none", "young", "male", "hat", "light", "black", "blue"),
+             Face("neutral", "glasses", "old", "female", "none", "dark", "blonde", "green")]
+    images = torch.stack([torch.from_numpy(render(f)).permute(2, 0, 1).float() / 255 for f in faces])
+    oracle = make_scorer(ScorerSpec(kind="oracle", options={"world": "faces"}))
+    expected = {"smile": [1, 0], "glasses": [0, 1], "age": [0, 1], "gender": [1, 0], "hat": [1, 0]}
+    for name, hits in expected.items():
+        assert score_attribute(oracle, images, suite.attributes[name]).tolist() == hits, name
