@@ -41,12 +41,28 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def method_options(pairs: list[str]) -> dict:
+    """--option key=value pairs; values are YAML scalars as in a run config (2 is an int), dotted keys nest
+    (scorer.kind=channel-mean is options {scorer: {kind: channel-mean}})."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def config(args: argparse.Namespace, kind: str, out: Path, run_id: str) -> dict:
     return {
         "run_id": run_id, "models": [args.model], "suites": [args.suite], "seeds": list(range(args.units)),
         "items": [args.item], "strengths": [1.0],
         "sampler": {"num_steps": args.steps, "eta": 0.0, "guidance_scale": 7.5},
-        "methods": [{"name": args.method, "options": dict(a.split("=", 1) for a in args.option)}],
+        "methods": [{"name": args.method, "options": method_options(args.option)}],
         "executor": {"kind": kind, "batch_size": args.batch_size, "num_workers": 1, "threads": args.threads,
                      "compile": args.compile},
         "output_dir": str(out),
@@ -240,6 +256,7 @@ def main() -> None:
     ap.add_argument("--metrics-images", type=int, default=32, help="images for the metrics-stage timing (0: skip)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet in every path (executor.compile)")
     ap.add_argument("--write", type=Path, help="append the table to this markdown file")
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray path (gpu.sh --dry-run: seconds, not minutes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -247,8 +264,9 @@ def main() -> None:
     # Each path runs N and 2N units: end-to-end images/s includes fixed costs (Ray start, model load);
     # the marginal rate N / (t(2N) - t(N)) is the steady state a long leaderboard run sees.
     paths = {"bare loop": lambda a, r: bare_loop(a, tmp),
-             "in-process executor": lambda a, r: harness_run(a, "inprocess", tmp, f"inproc{a.units}-{r}"),
-             "ray, 1 worker": lambda a, r: harness_run(a, "ray", tmp, f"ray{a.units}-{r}")}
+             "in-process executor": lambda a, r: harness_run(a, "inprocess", tmp, f"inproc{a.units}-{r}")}
+    if not args.no_ray:
+        paths["ray, 1 worker"] = lambda a, r: harness_run(a, "ray", tmp, f"ray{a.units}-{r}")
     if args.method == "sd" and args.model in ("tiny-sd", "arch-sd21-base", "sd21-base"):  # latent SD layouts
         # The reference the SD baseline must match: diffusers' own pipeline, same components and batch.
         paths["diffusers StableDiffusionPipeline"] = lambda a, r: diffusers_pipeline(a)
@@ -256,7 +274,8 @@ def main() -> None:
     results: dict[str, dict[int, list[float]]] = {name: {args.units: [], 2 * args.units: []} for name in paths}
     from harness.executors.ray_executor import ensure_ray
 
-    ensure_ray(None)  # one Ray instance for all repeats, as a cluster joined with --address would be
+    if not args.no_ray:
+        ensure_ray(None)  # one Ray instance for all repeats, as a cluster joined with --address would be
     try:
         bare_loop(args, tmp)  # warm-up: imports, model build, kernels
         for r in range(args.repeats):

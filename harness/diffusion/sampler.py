@@ -132,7 +132,7 @@ def predict_eps(backbone: Any, x: torch.Tensor, t: int, cond: Condition | None,
     else:
         out = unet(x_in, t, encoder_hidden_states=cond.cond).sample
     out = out[:, : x.shape[1]].float()  # models with learned variance emit 2C channels; ε is the first C
-    kind = check_prediction_type(backbone.scheduler, backbone.name)
+    kind = check_prediction_type(backbone.scheduler, getattr(backbone, "name", "<unnamed backbone>"))
     a = float(backbone.scheduler.alphas_cumprod[t])
     if kind == "v_prediction":
         out = a**0.5 * out + (1 - a) ** 0.5 * x.float()
