@@ -270,6 +270,7 @@ def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: st
         missing.append("no disentanglement aggregates in the run (enable metrics.disentanglement and run "
                        "`harness metrics RUN`)")
     used: list[pd.DataFrame] = []
+    oracle: dict[str, pd.DataFrame] = {}
     for variant in ("original", "disentangled"):
         labels = sorted(lab for lab, o in options.items() if _disentangled(o) == (variant == "disentangled"))
         labels.sort(key=lambda lab: lab != name)
@@ -318,6 +319,14 @@ def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: st
                                                           if label and chosen is not None else "")
         tables.append((caption, TextTable(["Edit \\ Effect", "Source"] + [a.capitalize() for a in attrs], body,
                                           [False, False] + [True] * len(attrs), rules_after=rules)))
+        matrix = _oracle_matrix(aggs, label, chosen, attrs) if label and chosen is not None else None
+        if matrix is not None:
+            oracle[variant] = matrix
+            tables.append((f"{variant.capitalize()} directions, exact oracle (share of edits that changed each "
+                           f"factor; `{label}`, strength {chosen:g})", _matrix_table(matrix)))
+            cells += [{"block": f"{variant}-oracle", "method": label, "row": edit, "column": factor,
+                       "ours": float(v), "ours_std": None, "paper": None, "paper_std": None}
+                      for edit, r in matrix.iterrows() for factor, v in r.items()]
     s = _Settings(spec["settings"])
     if model is not None:
         done = mine[mine["attribute"].isin(attrs) & (mine["status"] == "done")]
@@ -332,9 +341,57 @@ def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: st
                       reps == [sp["repeats"]] and per == [sp["per_repeat"]])
         else:
             s.compare("samples", None)
+    if oracle:
+        notes.insert(0, WORLD_NOTE)
+        if len(oracle) == 2:
+            notes.append(_projection_effect(oracle["original"], oracle["disentangled"]))
     context = f"run `{run.name}`" + (f", model `{model}`, suite `{suite}`" if model else "")
     return PaperTable(spec["title"], context, tables, pd.DataFrame(cells), list(dict.fromkeys(missing)),
                       s.differences, s.same, notes + list(spec.get("notes", [])))
+
+
+# Oracle aggregates exist only for runs on a procedural world (metrics/oracle.py).
+WORLD_NOTE = ("world figures: this run is on a procedural world (its oracle read the images), so `ours` comes "
+              "from the world's DDPM and CLIP; the layout is the paper's, the values are not comparable to its "
+              "CelebA-HQ numbers")
+
+
+def _oracle_matrix(aggs: pd.DataFrame, label: str, strength: float, attrs: Sequence[str]) -> pd.DataFrame | None:
+    """Rows: edited attribute; columns: world factors; value: mean `oracle_changed:<factor>` (None if absent).
+
+    The factors named like the attributes come first, in the attributes' order, so the diagonal is the
+    intended effect when the suite's factors share the attributes' names (faces_hspace does)."""
+    if aggs.empty:
+        return None
+    sub = aggs[(aggs["method"] == label) & (aggs["strength"] == strength)
+               & aggs["metric"].astype(str).str.startswith("oracle_changed:") & aggs["attribute"].isin(attrs)]
+    if sub.empty:
+        return None
+    sub = sub.assign(factor=sub["metric"].str.removeprefix("oracle_changed:"))
+    m = sub.pivot_table(index="attribute", columns="factor", values="value", aggfunc="first")
+    factors = [a for a in attrs if a in m.columns] + sorted(f for f in m.columns if f not in attrs)
+    return m.reindex(index=[a for a in attrs if a in m.index], columns=factors)
+
+
+def _matrix_table(m: pd.DataFrame) -> TextTable:
+    body = [[edit.capitalize()] + [MISSING if v != v else f"{v:.2f}" for v in r] for edit, r in m.iterrows()]
+    return TextTable(["Edit \\ Changed"] + [str(f).capitalize() for f in m.columns], body,
+                     [False] + [True] * len(m.columns))
+
+
+def _projection_effect(original: pd.DataFrame, projected: pd.DataFrame) -> str:
+    """The h-space paper's Table I claim on the exact oracle: projection (eq. 12) lowers the off-diagonal
+    effects and keeps the diagonal (the issue's bars: off-diagonal >= 30% lower, diagonal >= 80% kept)."""
+    def parts(m: pd.DataFrame) -> tuple[float, float]:
+        diag = [m.at[a, a] for a in m.index if a in m.columns]
+        off = [m.at[a, f] for a in m.index for f in m.columns if f != a and f in m.index]
+        return float(np.nanmean(diag)) if diag else math.nan, float(np.nanmean(off)) if off else math.nan
+    (d0, o0), (d1, o1) = parts(original), parts(projected)
+    kept = d1 / d0 if d0 else math.nan
+    lower = 1 - o1 / o0 if o0 else math.nan
+    verdict = "PASS" if kept >= 0.8 and lower >= 0.3 else "FAIL"
+    return (f"oracle, projected vs original directions: diagonal {d0:.3f} -> {d1:.3f} ({kept:.0%} kept, bar 80%); "
+            f"off-diagonal among the attributes {o0:.3f} -> {o1:.3f} ({lower:.0%} lower, bar 30%): {verdict}")
 
 
 # -- output ---------------------------------------------------------------------------------------

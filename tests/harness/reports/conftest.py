@@ -76,7 +76,14 @@ def hspace_value(variant: str, edit: str, measured: str) -> float:
     return 0.5 if edit == measured else (0.1 if variant == "original" else 0.01)
 
 
-def hspace_run(root: Path, disentangled: bool = True) -> Path:
+def oracle_changed(variant: str, edit: str, factor: str) -> float:
+    """Planted oracle effects: the diagonal 0.9 (original) / 0.8 (projected), off-diagonal 0.4 / 0.2."""
+    if edit == factor:
+        return 0.9 if variant == "original" else 0.8
+    return 0.4 if variant == "original" else 0.2
+
+
+def hspace_run(root: Path, disentangled: bool = True, oracle: bool = False) -> Path:
     rows, agg = [], []
     variants = [("supervised", None)] + ([("supervised-dis", "all_others")] if disentangled else [])
     for label, dis in variants:
@@ -89,4 +96,8 @@ def hspace_run(root: Path, disentangled: bool = True) -> Path:
                 agg.append(aggregate(label, attr, "disentanglement", hspace_value(variant, attr, measured),
                                      model="ddpm-celebahq-256", suite="hspace_paper", std=0.01, n=200,
                                      prov=ZS_PROV, measured_attribute=measured, n_repeats=2))
+                if oracle:  # a world run: the exact oracle's matrix, factors named like the attributes
+                    agg.append(aggregate(label, attr, f"oracle_changed:{measured}",
+                                         oracle_changed(variant, attr, measured), model="ddpm-celebahq-256",
+                                         suite="hspace_paper", n=2))
     return make_run(root, rows, (), agg, config={"sampler": {"num_steps": 50, "eta": 1.0, "guidance_scale": 1.0}})

@@ -7,7 +7,9 @@ import pytest
 
 from harness.reports import load_run
 from harness.reports.paper_tables import load_published, paper_tables, render_paper_tables
-from tests.harness.reports.conftest import HSPACE_ATTRS, SVD_OURS, hspace_run, hspace_value, svd_run
+from tests.harness.reports.conftest import (
+    HSPACE_ATTRS, SVD_OURS, hspace_run, hspace_value, oracle_changed, svd_run,
+)
 from tests.harness.reports.test_latex import check_tabular
 
 
@@ -116,3 +118,26 @@ def test_run_without_metrics_says_so(tmp_path: Path) -> None:
                              "clip_score, lpips"]
     assert "|  | ours | n/a / n/a / n/a |" in render_paper_tables([table])  # runtime still shown from the rows
     assert table.cells.set_index(["method", "row"]).loc[("sd", "runtime"), "ours"] == pytest.approx(2.0)
+
+
+def test_hspace_table1_oracle_matrix_beside_clip(tmp_path: Path) -> None:
+    """A world run: each variant's exact oracle matrix is printed beside the CLIP one, labelled as world
+    figures, with the projection check (diagonal kept 0.8/0.9 = 89%, off-diagonal 0.2/0.4 = 50% lower)."""
+    [table] = paper_tables(load_run(hspace_run(tmp_path / "h", oracle=True)), ["hspace"])
+    captions = [c for c, _ in table.tables]
+    assert len(captions) == 4 and "exact oracle" in captions[1] and "exact oracle" in captions[3]
+    c = table.cells.set_index(["block", "row", "column"])
+    for variant in ("original", "disentangled"):
+        for e in HSPACE_ATTRS:
+            for f in HSPACE_ATTRS:
+                assert c.loc[(f"{variant}-oracle", e, f), "ours"] == pytest.approx(oracle_changed(variant, e, f))
+    assert table.notes[0].startswith("world figures")
+    [check] = [n for n in table.notes if n.startswith("oracle, projected")]
+    assert "0.900 -> 0.800 (89% kept" in check and "0.400 -> 0.200 (50% lower" in check and check.endswith("PASS")
+    md = render_paper_tables([table])
+    assert "| Smile | 0.90 | 0.40 | 0.40 | 0.40 | 0.40 |" in md
+
+
+def test_hspace_table1_without_oracle_has_no_world_label(tmp_path: Path) -> None:
+    [table] = paper_tables(load_run(hspace_run(tmp_path / "h")), ["hspace"])
+    assert len(table.tables) == 2 and not any(n.startswith("world figures") for n in table.notes)
