@@ -17,7 +17,8 @@ prepare (once per model and suite), per attribute the suite's items use:
    with L_direction the CLIP directional loss (methods/_clip_loss.py) between the source image x_0 and
    P_t^edit = P_t(ε(x_t | h_t + f_t(h_t))), the x_0-prediction of the edited trajectory, and P_t^orig the
    x_0-prediction of the unedited trajectory at the same step (official `l1_loss_with_x0` False); |·|₁ is the
-   mean absolute difference. The edited trajectory steps asymmetrically (below) and is detached between steps,
+   mean absolute difference. The regulariser is on the x_0-predictions (the paper's λ_recon term), not an L1
+   penalty on Δh itself: the official code has none on Δh. The edited trajectory steps asymmetrically (below) and is detached between steps,
    so each SGD step differentiates one step only, as the official loop does. Source/target texts: the suite
    attribute's negative and positive prompts (`prompts: attribute`), or the item's prompt and target prompt
    (`prompts: item`, one network per item).
@@ -64,7 +65,9 @@ Family: unconditional (UNet2DModel) only, as the paper; the edited pass carries 
 Options:
 - window ([lo, hi], [0.5, 1.0]): editing interval as fractions of T (t_edit = lo); hi < 1 also allowed.
 - t_boost (float, 0.0): quality-boosting interval t < t_boost·T with η = 1; 0 = off.
-- clip (ClipSpec, open_clip ViT-B-16): the CLIP of the directional loss ({backend, model, pretrained, ...}).
+- clip (ClipSpec, open_clip ViT-B-16): the CLIP of the directional loss ({backend, model, pretrained, ...}, as
+  the `clip` metric; open_clip needs a local `pretrained` file; on the worlds {backend: transformers, model:
+  checkpoints/world-clip}).
 - prompts ("attribute" | "item", "attribute"), templates (list of "…{}…", ["{}"]).
 - n_train_images (4), n_iter (1), train_steps (null = the run's num_steps), batch_size (1), lr (0.5),
   lr_step (3), lr_gamma (0.1), clip_weight (1.0), l1_weight (3.0).
