@@ -6,7 +6,7 @@ UNet sees the batch [uncond, cond]; a shift is applied to both halves, as the of
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,7 +25,8 @@ class MidBlockHook:
     """Context manager around `unet.mid_block`. Leaves the UNet exactly as it found it on exit.
 
     Attributes set by callers before a forward pass:
-    - `delta`: tensor added to h (plain injection), or None;
+    - `delta`: tensor added to h (plain injection), or a function h -> Δh of the h this very pass produced
+      (Asyrp's learned f_t(h_t); it receives the whole UNet batch, CFG halves included), or None;
     - `relative`: when True, `delta` is in units of ‖h‖: the shift added to sample b is delta_b · ‖h_b‖, with
       ‖h_b‖ the Frobenius norm of the h the model produced for sample b at this pass (its conditional
       half under CFG; the same shift then goes to both halves, like an absolute one);
@@ -37,7 +38,7 @@ class MidBlockHook:
 
     def __init__(self, unet: Any) -> None:
         self.unet = unet
-        self.delta: torch.Tensor | None = None
+        self.delta: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None
         self.relative = False
         self.samples: int | None = None
         self.replace: torch.Tensor | None = None
@@ -51,7 +52,7 @@ class MidBlockHook:
         if self.replace is not None:
             h = expand_to(self.replace, h)
         if self.delta is not None:
-            delta = self.delta
+            delta = self.delta(output) if callable(self.delta) else self.delta
             if self.relative:
                 delta = delta.to(h.dtype) * self.h_norms(output).view(-1, *([1] * (h.dim() - 1)))
             h = h + expand_to(delta, h)

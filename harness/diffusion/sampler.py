@@ -23,7 +23,9 @@ import torch
 from harness.diffusion.compile import use_compiled
 from harness.diffusion.hspace import MidBlockHook
 
-DeltaH = Callable[[int], "torch.Tensor | None"]
+DeltaH = Callable[[int], "torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None"]
+"""delta_h(i): the Δh of grid step i: a tensor, a function of that step's own h (h -> Δh, evaluated inside the
+forward pass by MidBlockHook: Asyrp's f_t(h_t)), or None (no edit at that step)."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,8 @@ def denoise(
     """Run DDIM steps start..stop-1 from state x (B, C, H, W); returns the state after the last step.
 
     noises: (B, num_steps, C, H, W) variance noise, indexed by grid step, required when eta > 0.
-    delta_h(i): Δh for step i (B or 1, *h_shape) or None; injected as `injection` says.
+    delta_h(i): Δh for step i (B or 1, *h_shape), a function h -> Δh of the step's own h, or None; injected as
+    `injection` says.
     relative_delta: delta_h(i) is in units of each sample's ‖h_t‖ at that pass (MidBlockHook.relative).
     predict(x, i): the ε to step with at grid step i, in place of `predict_eps(backbone, x, t_i, cond)`, for
     methods that guide differently (SEGA); it excludes `cond`, `delta_h` and h recording.

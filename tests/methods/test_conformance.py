@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import pytest
 import torch
 
-from harness.config import SamplerConfig
+from harness.config import REPO_ROOT, SamplerConfig
 from harness.diffusion import Schedule, ddim_invert, make_condition
 from harness.diffusion.backbone import Backbone
 from harness.images import load_image
@@ -70,6 +70,10 @@ OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     # SEGA's default warm-up (10 steps) is longer than the 3-step grid: nothing would be edited.
     "sega": {"attribute": {"warmup_steps": 1}, "target": {"concepts": "target", "warmup_steps": 0}},
     "diffedit": {"": {"n_masks": 2}},
+    # One training image and the 3-step grid's one step in [T/2, T]: a barely trained f, which still edits.
+    "asyrp": {"": {"n_train_images": 1, "clip": {"backend": "transformers", "model": str(REPO_ROOT / "checkpoints/world-clip")}},
+              "boost": {"n_train_images": 1, "t_boost": 0.5, "strength_scale": "relative",
+                        "clip": {"backend": "transformers", "model": str(REPO_ROOT / "checkpoints/world-clip")}}},
 }
 
 # Tolerance of the float32 batch-order comparisons (issue 16). The same request's images may round differently
