@@ -98,7 +98,7 @@ def _one_line(text: str, width: int = 160) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.command == "methods":
-        from methods.base import discover_methods
+        from harness.method_api import discover_methods
 
         registry = discover_methods()
         for name in registry.names():

@@ -18,7 +18,10 @@ from harness.config import REPO_ROOT
 from harness.hashing import file_sha256
 
 SHARED_PACKAGES = ("methods", "harness.diffusion")
-"""Where the code a method runs lives; modules elsewhere (config, store, worker) do not compute pixels."""
+"""Where the code a method runs lives. Not everything that shapes a run's pixels is here: the worker's
+float-to-uint8 rounding (`harness.worker.to_uint8`), real-image loading and resizing (`harness.images`) and
+model loading (`harness.models`) are outside, so a change there is not detected by these fingerprints
+(`harness verify` re-generates batches and compares the bytes; that is the check for those)."""
 
 
 def _in_scope(name: str) -> bool:

@@ -211,7 +211,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("config", str(path), "valid YAML", f"malformed YAML at{where}: {getattr(exc, 'problem', exc)}")
+        raise ConfigError("config", str(path), "valid YAML", f"malformed YAML at{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError("config", str(path), "a YAML mapping at the top level")
     return data

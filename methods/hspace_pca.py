@@ -101,7 +101,7 @@ class HSpacePCAOptions(HSpaceEditOptions):
                 raise ConfigError(f"{prefix}.{key}", j, f"an integer in [0, {self.n_components - 1}]",
                                   "raise n_components to use a later PC")
         if self.sketch_rank is not None and self.sketch_rank < self.n_components:
-            raise ConfigError(f"{prefix}.sketch_rank", self.sketch_rank, f"null or an integer >= n_components")
+            raise ConfigError(f"{prefix}.sketch_rank", self.sketch_rank, "null or an integer >= n_components")
 
 
 def fit_pca(backbone: Backbone, seeds: Sequence[int], sampler: SamplerConfig, prompt: str,
@@ -188,7 +188,7 @@ class HSpacePCA(EditMethod):
             def render(j: int, strengths: torch.Tensor, group=group, requests=requests) -> torch.Tensor:
                 d = torch.stack([step_delta(group, j, group["components"][j], float(s), opts.normalisation)
                                  for s in strengths]).to(backbone.device)
-                return generate(backbone, requests, ctx.sampler, delta_h=lambda i: d[:, i], injection=opts.injection)
+                return generate(backbone, requests, ctx.sampler, delta_h=lambda step: d[:, step], injection=opts.injection)
 
             target = CalibrationTarget(generate(backbone, requests, ctx.sampler), render,
                                        opts.calibration.components(group["components"].shape[0]))

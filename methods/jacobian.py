@@ -158,7 +158,7 @@ def eps_of_h_shift(backbone: Backbone, x: torch.Tensor, t: int, cond: Condition 
         n = delta.shape[0]
         with MidBlockHook(backbone.unet) as hook:
             hook.delta = delta
-            eps = predict_eps(backbone, x.expand(n, *x.shape[1:]), t, select_condition(cond, 0, n), hook)
+            eps = predict_eps(backbone, x.expand(n, *x.shape[1:]), t, select_condition(cond, 0, n))
         if mask is not None:
             eps = eps * mask
         return eps.to(delta.dtype)
@@ -217,7 +217,7 @@ class JacobianSubspace(EditMethod):
         steps = range(len(schedule)) if o.apply_svals else [src]
         mask = self._mask(backbone)
         with MidBlockHook(backbone.unet) as hook, torch.no_grad():
-            predict_eps(backbone, xs[0], schedule.timesteps[0], cond, hook)
+            predict_eps(backbone, xs[0], schedule.timesteps[0], cond)
             h_shape = tuple(hook.raw.shape[1:])
         sigmas = torch.full((o.k, len(schedule)), float("nan"))
         vector, init, iterations, converged = None, None, 0, True

@@ -241,9 +241,9 @@ TRADEOFF_COLUMNS = [Column(OPERATING_POINT, OPERATING_POINT, "max", spread=""),
 def _tradeoff_cells(per_image: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
     out = []
     for r in curves.summary(per_image, keys).to_dict("records"):
-        for column, field in ((OPERATING_POINT, "flip_at_pres"), (OPERATING_STRENGTH, "strength_at_pres"),
-                              (AUC, "flip_pres_auc")):
-            out.append({**{k: r[k] for k in keys}, "column": column, "value": r[field], "std": np.nan})
+        for column, name in ((OPERATING_POINT, "flip_at_pres"), (OPERATING_STRENGTH, "strength_at_pres"),
+                             (AUC, "flip_pres_auc")):
+            out.append({**{k: r[k] for k in keys}, "column": column, "value": r[name], "std": np.nan})
     return out
 
 
