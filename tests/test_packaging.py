@@ -28,4 +28,16 @@ def test_pyproject_lists_every_package_explicitly() -> None:
 
 
 
+def test_make_test_runs_lint_and_types_before_the_tests() -> None:
+    # Issue 17.11: CI (`.ci/run`) runs exactly `make test`; the lint step must be part of it, not beside it.
+    makefile = (REPO / "Makefile").read_text()
+    test_rule = next(line for line in makefile.splitlines() if line.startswith("test:"))
+    assert "lint" in test_rule.split(":", 1)[1].split()
+    lint_body = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check" in lint_body and "mypy" in lint_body
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]
+    assert config["ruff"]["lint"]["select"] and set(config["mypy"]["files"]) >= {"harness", "methods", "metrics"}
+    assert any(line.startswith(("ruff", "mypy")) for line in (REPO / "requirements.txt").read_text().splitlines())
+
+
 # The architecture walls (ray, store, executors, methods, reports) are checked in tests/test_walls.py.

@@ -310,6 +310,8 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
         if len(cols) > 1:
             notes.append(f"{metric} was computed with {len(cols)} provenances: one column each, never mixed.")
         for c in cols:
+            if not c.provenance:  # derived columns (the trade-off ones) have none: a line would be empty
+                continue
             p = dict(c.provenance)
             sha = p.get("weights_sha256", "")
             notes.append(f"{c.name}: {p.get('implementation', '')}; backbone {p.get('backbone', '') or '-'}"
@@ -326,7 +328,8 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
         notes.append(f"{OPERATING_POINT}: the highest oracle_flip among the row's strengths whose oracle_preservation "
                      f"is >= {PRESERVATION_FLOOR:g} ({OPERATING_STRENGTH}: that strength); {AUC}: area under the "
                      "frontier max{flip : preservation >= q} over q in [0, 1] (0 for a no-op). Each strength's point "
-                     "pools the row's units (flip over eligible units only).")
+                     "pools the row's units (flip over eligible units only). Derived from the stored oracle_flip and "
+                     "oracle_preservation values, so their provenance is the oracle's.")
     if any(c.metric == "oracle_flip" for c in board.columns):
         notes.append("oracle_flip (the edit column to read): success among units whose original was valid and "
                      "not already at the target value (a no-op scores 0); oracle_success also counts units whose "
