@@ -116,7 +116,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         from harness.models import model_catalog
 
         for name, spec in model_catalog().items():
-            print(f"{name:20s} {spec.family:14s} {spec.pretrained or 'factory:' + spec.factory:45s} {spec.description}")
+            source = spec.pretrained or f"factory:{spec.factory}"
+            print(f"{name:20s} {spec.family:14s} {source:45s} {spec.description}")
     return 0
 
 

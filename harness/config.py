@@ -191,7 +191,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if isinstance(node, list):
                 matches = [m for m in node if isinstance(m, dict) and (m.get("label") or m.get("name")) == part]
                 if not matches:
-                    labels = [m.get("label") or m.get("name") for m in node if isinstance(m, dict)]
+                    labels = [str(m.get("label") or m.get("name")) for m in node if isinstance(m, dict)]
                     raise ConfigError(".".join(path[: i + 1]), part, labels, "name an entry by its label")
                 node = matches[0]
             else:

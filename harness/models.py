@@ -212,6 +212,8 @@ def resolve_model(name: str) -> ModelSpec:
 
 
 def _local_dir(spec: ModelSpec) -> Path:
+    if spec.pretrained is None:  # a factory model (validate() allows exactly one of the two)
+        raise ValueError(f"model {spec.name!r} is built by a factory and has no pretrained directory")
     path = Path(spec.pretrained).expanduser()
     if not path.is_absolute() and (REPO_ROOT / path).is_dir():
         return REPO_ROOT / path  # catalog paths such as checkpoints/world-ddpm are relative to the repository

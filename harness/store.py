@@ -189,7 +189,7 @@ def _changes(old: Any, new: Any) -> Any:
 
 
 class RunStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     # -- layout -------------------------------------------------------------------------------
@@ -364,8 +364,8 @@ class RunStore:
         new = {row.unit_key: row for row in rows}
         stored = pd.read_parquet(self.shard_path(batch_key)).to_dict("records")
         # A shard older than ADDED_ROW_COLUMNS keeps them missing (None), as reading it shows them, not defaulted.
-        merged = [new.pop(str(record["unit_key"]), None)
-                  or UnitRow.from_record({**dict.fromkeys(ADDED_ROW_COLUMNS), **{str(k): v for k, v in record.items()}})
+        merged = [new.pop(key) if (key := str(record["unit_key"])) in new
+                  else UnitRow.from_record({**dict.fromkeys(ADDED_ROW_COLUMNS), **{str(k): v for k, v in record.items()}})
                   for record in stored]
         if new:
             raise ValueError(f"units {sorted(new)} are not in batch {batch_key}")

@@ -112,7 +112,7 @@ def resolve_methods(config: RunConfig) -> list[ResolvedMethod]:
     out = []
     for entry in config.methods:
         cls = registry.get(entry.name)
-        options = from_dict(cls.Options, entry.options, prefix=f"methods[{entry.key}].options")
+        options: Any = from_dict(cls.Options, entry.options, prefix=f"methods[{entry.key}].options")
         for key, value in _numbers(to_dict(options), f"methods[{entry.key}].options"):
             if not math.isfinite(value):
                 raise ConfigError(key, value, "a finite number", "NaN and inf are not option values")

@@ -10,7 +10,7 @@ import platform
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -134,7 +134,7 @@ class Worker:
         art = self._states[key]
         return art["state"], float(art["seconds"])
 
-    def _real_image_start(self, backbone: Any, item: Any, transform: str
+    def _real_image_start(self, backbone: Any, item: Any, transform: Literal["center-crop", "resize"]
                           ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule;
         the image's own state x_0 (one encoder pass, not cached); and the row fields: input_path, and the
@@ -214,7 +214,7 @@ class Worker:
             state, prep_seconds = self._state(batch.prepare_key, method.cls.needs_prepare)
         except Exception as exc:  # a model or artifact that cannot load fails its units, with the reason
             state, prep_seconds = {}, 0.0
-            load_error = f"{type(exc).__name__}: {exc}"
+            load_error: str | None = f"{type(exc).__name__}: {exc}"
         else:
             load_error = None
         for unit in batch.units:

@@ -189,7 +189,9 @@ def subspace_iteration(jvp: Matvec, vjp: Matvec, in_shape: Sequence[int], k: int
     elif variant == "sequential":
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
-        blocks_v, blocks_s, iterations, converged = [], [], 0, True
+        blocks_v: list[torch.Tensor] = []
+        blocks_s: list[torch.Tensor] = []
+        iterations, converged = 0, True
         for start in range(0, k, block_size):
             found = torch.cat(blocks_v, dim=1) if blocks_v else None
             Vb, Sb, it, ok = _iterate(jvp, vjp, in_shape, M0[:, start:start + block_size], stop, found)

@@ -112,6 +112,7 @@ def fit_pca(backbone: Backbone, seeds: Sequence[int], sampler: SamplerConfig, pr
     buffer: list[torch.Tensor] = []
     rows = 0
     for _, hs, _ in record_batches(backbone, seeds, sampler, prompt, opts.batch_size):
+        assert hs is not None  # record_batches records h unless told not to
         buffer.append(hs.flatten(2).transpose(0, 1))  # (T, B, d)
         rows += hs.shape[0]
         if rows >= opts.fit_batch_size:
@@ -124,6 +125,8 @@ def fit_pca(backbone: Backbone, seeds: Sequence[int], sampler: SamplerConfig, pr
 
 def pca_state(ipca: TimestepIPCA, shape: tuple[int, ...], n_components: int) -> dict:
     """Sign-aligned unit PCs (k, T, *h) and their singular values (k, T) from a fitted IPCA."""
+    if ipca.components is None or ipca.singular_values is None:
+        raise ValueError("the incremental PCA has seen no samples")
     k = min(n_components, ipca.components.shape[1])
     u = align_signs(ipca.components[:, :k].transpose(0, 1))  # (k, T, d)
     return {

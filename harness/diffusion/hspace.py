@@ -43,7 +43,7 @@ class MidBlockHook:
         self.replace: torch.Tensor | None = None
         self.last: torch.Tensor | None = None
         self.raw: torch.Tensor | None = None
-        self._handle = None
+        self._handle: Any = None  # torch's RemovableHandle while entered
 
     def _hook(self, module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         h = output
@@ -71,7 +71,8 @@ class MidBlockHook:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
         self._handle = None
         self.delta = self.replace = self.last = self.raw = None
         self.relative, self.samples = False, None

@@ -279,9 +279,11 @@ def denoise(
             eps = predict(x, i) if predict is not None else predict_eps(backbone, x, t, cond)
             if trace is not None and trace.record_h:
                 # Record the unshifted h: what the model produced before the edit.
+                assert hook is not None  # needs_hook holds whenever h is recorded or edited
                 trace.hs.append(_h_of_cond_half(hook.raw, batch).float())
             eps_dir = None
             if injection == "asyrp" and delta is not None:
+                assert hook is not None
                 hook.delta = None
                 eps_dir = predict_eps(backbone, x, t, cond)
             noise = noises[:, i].to(x.device) if (noises is not None and eta > 0) else None

@@ -83,8 +83,8 @@ def _metric_plots(run: RunData, board: Leaderboard) -> list[str]:
                 v = v.dropna()
                 points.append((float(s), float(v.mean()) if len(v) else np.nan,
                                float(v.std(ddof=1)) if len(v) > 1 else np.nan))
-            series.append(Series(_series_name(key, keys, varying), *map(list, zip(*points)),
-                                 color=colors.get(tuple(key))))
+            xs, ys, errs = (list(column) for column in zip(*points))
+            series.append(Series(_series_name(key, keys, varying), xs, ys, errs, color=colors.get(tuple(key))))
         spread = "mean ± std over seeds" if per_seed else "mean over attributes"
         svgs.append(line_chart(series, f"{col.name} vs edit strength", "edit strength", f"{col.name} ({spread})"))
     return svgs

@@ -197,7 +197,8 @@ def build_leaderboard(runs: Sequence[RunData], sort: str | None = None,
             per_image_metrics.add(metric)
             groups = _by_provenance(part, PROVENANCE)
             for col, (_, sub) in zip(_split(metric, groups, "seeds"), groups):
-                cells += _seed_cells(sub, keys, "value", col.name, clamp=metric_spec(metric).clamp_mean)
+                spec = metric_spec(metric)  # declared: _is_column kept only declared metrics
+                cells += _seed_cells(sub, keys, "value", col.name, clamp=spec is not None and spec.clamp_mean)
                 metric_cols.append(col)
     if len(aggs):
         aggs = aggs[aggs["metric"].map(_is_column) & ~aggs["metric"].isin(per_image_metrics)]

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import re
 from functools import lru_cache
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def part_masks(face: Face, resolution: int) -> list[tuple[np.ndarray, tuple[floa
     hair = HAIR[face.hair]
     head = _ellipse(u, v, HAIR_CENTRE, HAIR_AXES)
     face_mask = _ellipse(u, v, FACE_CENTRE, FACE_AXES)
-    parts = []
+    parts: list[tuple[np.ndarray, tuple[float, float, float]]] = []
     if face.gender == "female":
         parts.append((full(head | _box(u, v, LONG_HAIR_BOXES[0]) | _box(u, v, LONG_HAIR_BOXES[1])), hair))
     else:
@@ -119,7 +119,7 @@ def render_batch(faces: Sequence[Face], resolution: int = 32) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- captions
 
-def subject_phrase(named: dict[str, str]) -> str:
+def subject_phrase(named: Mapping[str, str]) -> str:
     """'smiling old man with glasses and a hat' for the attributes named (any subset); 'person' if no gender."""
     words = []
     if named.get("smile") == "smiling":
@@ -141,7 +141,7 @@ def subject_phrase(named: dict[str, str]) -> str:
     return text
 
 
-def partial_caption(named: dict[str, str]) -> str:
+def partial_caption(named: Mapping[str, str]) -> str:
     """A caption in the papers' prompt style naming only the factors in ``named`` (any subset)."""
     text = "a photo of " + _article(subject_phrase(named))
     details = []
