@@ -96,7 +96,7 @@ def test_cfg_delta_reaches_both_halves(sd_backbone) -> None:
     delta = torch.randn(1, *h_shape(sd_backbone))
     with MidBlockHook(sd_backbone.unet) as hook, torch.no_grad():
         hook.delta = delta
-        predict_eps(sd_backbone, x, 500, cond, hook)
+        predict_eps(sd_backbone, x, 500, cond)
         shifted = hook.last
         torch.testing.assert_close(shifted - hook.raw, delta.expand_as(shifted))
         assert shifted.shape[0] == 2
