@@ -27,13 +27,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import emit  # noqa: E402  (puts the repository on sys.path, sets offline flags)
+from _common import emit
 
-import torch  # noqa: E402
-import torch.utils._python_dispatch  # noqa: E402
+import torch
+import torch.utils._python_dispatch
 
-from harness.config import run_config_from_dict  # noqa: E402
-from harness.runner import execute, plan  # noqa: E402
+from harness.config import run_config_from_dict
+from harness.runner import execute, plan
 
 
 def sync() -> None:
@@ -74,7 +74,7 @@ def bare_setup(args: argparse.Namespace, out: Path) -> tuple:
     from harness.models import load_backbone
     from harness.suites import load_suite, select_items
     from harness.worker import choose_dtype
-    from methods.base import EditRequest, PrepareContext
+    from harness.method_api import EditRequest, PrepareContext
 
     cfg = run_config_from_dict(config(args, "inprocess", out, "bare"))
     p = plan(cfg)

@@ -28,6 +28,10 @@ dry=0
 py="${PYTHON:-python}"
 while [ $# -gt 0 ]; do
   case "$1" in
+    --wheels|--results|--budget|--python|--only)
+      [ $# -ge 2 ] || { echo "gpu.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --wheels) wheels="$2"; shift 2 ;;
     --results) results="$2"; shift 2 ;;
     --budget) budget="$2"; shift 2 ;;
@@ -40,7 +44,29 @@ while [ $# -gt 0 ]; do
 done
 # 8 minutes on the GPU; the CPU dry run's tiny steps take minutes on a loaded 2-core machine, so it gets more.
 [ -z "$budget" ] && { [ $dry -eq 1 ] && budget=1800 || budget=480; }
+
+# Every argument is checked here, before anything is installed or written: a bad invocation exits 2 with one
+# line and leaves RESULTS as it was (it used to get a section header before --only was checked).
+# The figures (run in section 2).
+# name|share of the budget left after install (percent)|bench.py arguments (GPU)|bench.py arguments (dry run)
+steps=(
+  "sd-vs-diffusers|40|--model arch-sd21-base --method sd --units 16 --batch-size 16 --steps 50 --compile --repeats 1|--model tiny-sd --method sd"
+  "avi|20|--model arch-sd21-base --method avi --units 16 --batch-size 16 --steps 50 --compile --repeats 1 --metrics-images 0|--model tiny-sd --method avi --option samples_per_pair=2 --option epochs=1 --option batch_size=2 --metrics-images 0"
+  "park|15|--model arch-sd21-base --method park --units 2 --batch-size 2 --steps 50 --repeats 1 --metrics-images 0 --option scorer.kind=channel-mean|--model tiny-sd --method park --option pca_rank=1 --option n_guidance=1 --option scorer.kind=channel-mean --option convergence.max_iters=2 --option convergence.min_iters=0 --metrics-images 0"
+  "ddpm256-hspace-pca|15|--model arch-ddpm-256 --method hspace-pca --units 16 --batch-size 16 --steps 50 --compile --repeats 1 --option n_samples=32|--model tiny-unet --method hspace-pca --option n_samples=4 --option n_components=2 --option batch_size=4 --metrics-images 0"
+  "ddpm256-jacobian|10|--model arch-ddpm-256 --method jacobian --units 2 --batch-size 2 --steps 50 --repeats 1 --metrics-images 0 --option k=1 --option convergence.max_iters=10|--model tiny-unet --method jacobian --option k=1 --option convergence.max_iters=2 --option convergence.patience=1 --metrics-images 0"
+)
 case "$budget" in ''|*[!0-9]*) echo "gpu.sh: --budget $budget: expected whole seconds" >&2; exit 2 ;; esac
+known=" $(for step in "${steps[@]}"; do printf '%s ' "${step%%|*}"; done)"
+if [ -n "$only" ] && [[ "$known" != *" $only "* ]]; then
+  echo "gpu.sh: --only $only: no such step; choose one of:$known" >&2; exit 2
+fi
+if [ ! -d "$(dirname "$results")" ]; then
+  echo "gpu.sh: --results $results: its folder does not exist" >&2; exit 2
+fi
+if ! "$py" -c "" 2>/dev/null; then
+  echo "gpu.sh: --python $py: not a runnable Python" >&2; exit 2
+fi
 
 start=$(date +%s)
 remaining() { echo $(( budget - ($(date +%s) - start) )); }
@@ -71,14 +97,6 @@ if [ $dry -eq 0 ] && ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_
 fi
 
 # -- 2. the figures ---------------------------------------------------------------------------------------
-# name|share of the budget left after install (percent)|bench.py arguments (GPU)|bench.py arguments (dry run)
-steps=(
-  "sd-vs-diffusers|40|--model arch-sd21-base --method sd --units 16 --batch-size 16 --steps 50 --compile --repeats 1|--model tiny-sd --method sd"
-  "avi|20|--model arch-sd21-base --method avi --units 16 --batch-size 16 --steps 50 --compile --repeats 1 --metrics-images 0|--model tiny-sd --method avi --option samples_per_pair=2 --option epochs=1 --option batch_size=2 --metrics-images 0"
-  "park|15|--model arch-sd21-base --method park --units 2 --batch-size 2 --steps 50 --repeats 1 --metrics-images 0 --option scorer.kind=channel-mean|--model tiny-sd --method park --option pca_rank=1 --option n_guidance=1 --option scorer.kind=channel-mean --option convergence.max_iters=2 --option convergence.min_iters=0 --metrics-images 0"
-  "ddpm256-hspace-pca|15|--model arch-ddpm-256 --method hspace-pca --units 16 --batch-size 16 --steps 50 --compile --repeats 1 --option n_samples=32|--model tiny-unet --method hspace-pca --option n_samples=4 --option n_components=2 --option batch_size=4 --metrics-images 0"
-  "ddpm256-jacobian|10|--model arch-ddpm-256 --method jacobian --units 2 --batch-size 2 --steps 50 --repeats 1 --metrics-images 0 --option k=1 --option convergence.max_iters=10|--model tiny-unet --method jacobian --option k=1 --option convergence.max_iters=2 --option convergence.patience=1 --metrics-images 0"
-)
 dry_common="--units 1 --batch-size 1 --steps 2 --repeats 1 --metrics-images 2 --no-ray"
 after_install=$(remaining)
 {
@@ -87,10 +105,6 @@ after_install=$(remaining)
   echo
   echo "started $(date -u +%Y-%m-%dT%H:%M:%SZ); budget ${budget} s, ${after_install} s left after installing"
 } >> "$results"
-known=" $(for step in "${steps[@]}"; do printf '%s ' "${step%%|*}"; done)"
-if [ -n "$only" ] && [[ "$known" != *" $only "* ]]; then
-  echo "gpu.sh: --only $only: no such step; choose one of:$known" >&2; exit 2
-fi
 for step in "${steps[@]}"; do
   IFS='|' read -r name share gpu_args dry_args <<< "$step"
   [ -n "$only" ] && [ "$name" != "$only" ] && continue

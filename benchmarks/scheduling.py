@@ -27,12 +27,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import emit  # noqa: E402  (puts the repository on sys.path, sets offline flags)
+from _common import emit
 
-from harness.config import run_config_from_dict  # noqa: E402
-from harness.runner import execute, plan  # noqa: E402
-from harness.store import RunStore  # noqa: E402
-from harness.utilisation import utilisation  # noqa: E402
+from harness.config import run_config_from_dict
+from harness.runner import execute, plan
+from harness.store import RunStore
+from harness.utilisation import utilisation
 
 
 def config(args: argparse.Namespace, out: Path, run_id: str, jobs_per_worker: int) -> dict:

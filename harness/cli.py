@@ -98,7 +98,7 @@ def _one_line(text: str, width: int = 160) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.command == "methods":
-        from methods.base import discover_methods
+        from harness.method_api import discover_methods
 
         registry = discover_methods()
         for name in registry.names():
@@ -116,7 +116,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         from harness.models import model_catalog
 
         for name, spec in model_catalog().items():
-            print(f"{name:20s} {spec.family:14s} {spec.pretrained or 'factory:' + spec.factory:45s} {spec.description}")
+            source = spec.pretrained or f"factory:{spec.factory}"
+            print(f"{name:20s} {spec.family:14s} {source:45s} {spec.description}")
     return 0
 
 

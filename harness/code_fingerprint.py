@@ -2,7 +2,7 @@
 
 Unit keys name methods and their `version`, not their code, so without these an edited `edit` would
 resume an old run and keep the old code's images as done. A method's modules are its own module plus,
-transitively, every module of `methods` and `harness.diffusion` it imports (found by reading the import
+transitively, every module of `methods`, `harness.diffusion` and `harness.method_api` it imports (found by reading the import
 statements, lazy ones inside functions included); each is hashed by its source bytes. The run keeps
 them in config.yaml (`code_fingerprints`), so a changed module is refused with a diff naming it.
 """
@@ -17,8 +17,12 @@ from typing import Any, Iterable
 from harness.config import REPO_ROOT
 from harness.hashing import file_sha256
 
-SHARED_PACKAGES = ("methods", "harness.diffusion")
-"""Where the code a method runs lives; modules elsewhere (config, store, worker) do not compute pixels."""
+SHARED_PACKAGES = ("methods", "harness.diffusion", "harness.method_api")
+"""Where the code a method runs lives (harness.method_api: the EditMethod base class, moved out of
+methods/base.py by issue 17.12, which only re-exports it now). Not everything that shapes a run's pixels is here: the worker's
+float-to-uint8 rounding (`harness.worker.to_uint8`), real-image loading and resizing (`harness.images`) and
+model loading (`harness.models`) are outside, so a change there is not detected by these fingerprints
+(`harness verify` re-generates batches and compares the bytes; that is the check for those)."""
 
 
 def _in_scope(name: str) -> bool:

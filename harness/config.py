@@ -191,7 +191,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if isinstance(node, list):
                 matches = [m for m in node if isinstance(m, dict) and (m.get("label") or m.get("name")) == part]
                 if not matches:
-                    labels = [m.get("label") or m.get("name") for m in node if isinstance(m, dict)]
+                    labels = [str(m.get("label") or m.get("name")) for m in node if isinstance(m, dict)]
                     raise ConfigError(".".join(path[: i + 1]), part, labels, "name an entry by its label")
                 node = matches[0]
             else:
@@ -211,7 +211,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("config", str(path), "valid YAML", f"malformed YAML at{where}: {getattr(exc, 'problem', exc)}")
+        raise ConfigError("config", str(path), "valid YAML", f"malformed YAML at{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError("config", str(path), "a YAML mapping at the top level")
     return data

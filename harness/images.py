@@ -26,8 +26,9 @@ def load_image(path: str | Path, resolution: int, transform: Transform = "center
     path = Path(path)
     try:
         data = path.read_bytes()
-        with Image.open(path) as img:
-            img.load()
+        with Image.open(path) as opened:
+            opened.load()
+            img: Image.Image = opened
             if img.mode in ("RGBA", "LA", "P"):
                 img = img.convert("RGBA")
                 background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -36,11 +37,11 @@ def load_image(path: str | Path, resolution: int, transform: Transform = "center
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise UnreadableImage(f"unreadable image {path}: {type(exc).__name__}: {exc}") from exc
     if transform == "resize":
-        img = img.resize((resolution, resolution), Image.BICUBIC)
+        img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
     else:
         w, h = img.size
         scale = resolution / min(w, h)
-        img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
+        img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.Resampling.BICUBIC)
         w, h = img.size
         left, top = (w - resolution) // 2, (h - resolution) // 2
         img = img.crop((left, top, left + resolution, top + resolution))

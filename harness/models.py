@@ -12,9 +12,9 @@ import gzip
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
@@ -22,6 +22,9 @@ from harness.config import CONFIG_DIR, REPO_ROOT
 from harness.errors import ConfigError, MissingWeightsError
 from harness.hashing import file_sha256, stable_hash
 from harness.schema import from_dict
+
+if TYPE_CHECKING:  # the real import is inside load_backbone: torch and diffusers load only when a model does
+    from harness.diffusion.backbone import Backbone
 
 MODELS_FILE = CONFIG_DIR / "models.yaml"
 
@@ -209,6 +212,8 @@ def resolve_model(name: str) -> ModelSpec:
 
 
 def _local_dir(spec: ModelSpec) -> Path:
+    if spec.pretrained is None:  # a factory model (validate() allows exactly one of the two)
+        raise ValueError(f"model {spec.name!r} is built by a factory and has no pretrained directory")
     path = Path(spec.pretrained).expanduser()
     if not path.is_absolute() and (REPO_ROOT / path).is_dir():
         return REPO_ROOT / path  # catalog paths such as checkpoints/world-ddpm are relative to the repository

@@ -4,7 +4,7 @@ Everything that can be wrong with a config is found in `plan`, before any direct
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tqdm import tqdm
@@ -15,7 +15,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.log import get_logger
 from harness.models import max_sampling_steps, model_fingerprint, resolve_model
 from harness.schema import to_dict
-from harness.store import ConfigChangedError, RunStore
+from harness.store import ConfigChangedError, RunStore, UnitRow
 from harness.suites import Suite, load_suite, select_items
 from harness.units import Batch, PrepareJob, ResolvedMethod, Retry, expand_grid, resolve_methods
 
@@ -211,18 +211,18 @@ def _run_batches(p: Plan, store: RunStore, executor: Any, jobs: list[Batch | Ret
     bar = tqdm(total=total, desc=f"run {config.run_id}", unit="unit", disable=not progress)
     methods = {m.label: m for m in p.methods}
 
-    def on_batch(job: Batch | Retry, rows: list[dict]) -> None:
+    def on_batch(job: Batch | Retry, rows: list[UnitRow]) -> None:
         bar.update(len(rows))
         for row in rows:
-            if row["status"] != "done":
-                log.warning("unit %s (%s, %s, seed %s) failed: %s", row["unit_key"], row["method"], row["item_id"],
-                            row["seed"], row["error"])
+            if row.status != "done":
+                log.warning("unit %s (%s, %s, seed %s) failed: %s", row.unit_key, row.method, row.item_id,
+                            row.seed, row.error)
 
     def on_failed(job: Batch | Retry, reason: str) -> None:
         batch = job.batch if isinstance(job, Retry) else job
         suite = p.suites[batch.suite]
-        rows = [unit_row(config, batch, u, suite.item(u.item_id), methods[batch.method], 0.0, "n/a", "driver")
-                | {"error": reason} for u in batch.units if not isinstance(job, Retry) or u.key in job.unit_keys]
+        rows = [replace(unit_row(config, batch, u, suite.item(u.item_id), methods[batch.method], 0.0, "n/a",
+                                 "driver"), error=reason) for u in batch.units if not isinstance(job, Retry) or u.key in job.unit_keys]
         if isinstance(job, Retry):
             store.update_shard(batch.key, rows)
         else:

@@ -9,7 +9,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from harness.errors import ConfigError
 
@@ -79,7 +79,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, value, "a mapping")
         _, vt = get_args(tp) or (str, Any)
         return {str(k): coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
@@ -114,7 +114,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(prefix or cls.__name__, data, "a mapping")
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls)) if f.init}  # cls: a dataclass type (T is unbounded)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]

@@ -16,11 +16,14 @@ import difflib
 import fcntl
 import io
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,13 +32,77 @@ import yaml
 
 from harness.errors import HarnessError
 
-ROW_COLUMNS = (
-    "run_id", "unit_key", "batch_key", "method", "method_name", "method_version", "options", "model", "suite",
-    "item_id", "attribute", "prompt", "target_prompt", "strength", "seed", "noise_seed", "status", "error",
-    "original_path", "edited_path", "input_path", "edit_seconds",
-    "batch_started_at", "batch_finished_at", "prepare_seconds", "prepare_key", "device", "worker", "info",
-    "inversion_seconds", "inversion_key", "compile_seconds",
-)
+ROW_STATUSES = ("done", "failed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitRow:
+    """One unit's row of a shard: the one row schema (issue 17.13). The field order is the stored column order.
+
+    A row starts "failed" with the outcome fields at their defaults (so no unit is ever missing a reason) and
+    is completed with `dataclasses.replace`, which refuses a field that does not exist; `from_record` refuses
+    unknown keys too. Keyword-only, so the fields keep the stored order while only the identity fields are
+    required. Values are stored as given (no conversion), so shards keep their bytes.
+    """
+
+    run_id: str
+    unit_key: str
+    batch_key: str
+    method: str
+    """The method's label in the config (its `key`); `method_name` is the registered name."""
+    method_name: str
+    method_version: int
+    options: str
+    """The validated method options as sorted JSON."""
+    model: str
+    suite: str
+    item_id: str
+    attribute: str | None
+    prompt: str | None
+    target_prompt: str | None
+    strength: float
+    seed: int
+    noise_seed: str
+    """As a string: noise seeds reach 2**63 and Parquet has no unsigned 64-bit column every reader takes."""
+    status: str = "failed"
+    error: str | None = None
+    original_path: str
+    edited_path: str
+    input_path: str | None = None
+    """The real input image as stored (real-image units only)."""
+    edit_seconds: float = math.nan
+    batch_started_at: float = math.nan
+    batch_finished_at: float = math.nan
+    prepare_seconds: float
+    prepare_key: str | None
+    device: str
+    worker: str
+    info: str | None = None
+    """The method's scalar diagnostics (EditOutput.info) as sorted JSON, or None."""
+    inversion_seconds: float = 0.0
+    inversion_key: str | None = None
+    compile_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in ROW_STATUSES:
+            raise ValueError(f"row {self.unit_key}: status {self.status!r} is not one of {ROW_STATUSES}")
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "UnitRow":
+        """A row from a mapping (a shard's record, a test's row): unknown keys raise ValueError, a missing
+        required field TypeError; a missing outcome field (or a column newer than the shard) takes its default."""
+        unknown = sorted(set(record) - set(ROW_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown row columns {unknown} (the row schema is harness.store.UnitRow)")
+        return cls(**record)
+
+    def as_record(self) -> dict[str, Any]:
+        """The row as {column: value} in column order (a shallow view, unlike dataclasses.asdict's deep copy)."""
+        return {name: getattr(self, name) for name in ROW_COLUMNS}
+
+
+ROW_COLUMNS = tuple(f.name for f in fields(UnitRow))
+"""The shard columns, in their stored order, derived from UnitRow (never listed twice)."""
 ADDED_ROW_COLUMNS = ("inversion_seconds", "inversion_key", "compile_seconds")
 """Columns newer than some stored shards: a shard without them is still valid (read as missing values)."""
 
@@ -122,7 +189,7 @@ def _changes(old: Any, new: Any) -> Any:
 
 
 class RunStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     # -- layout -------------------------------------------------------------------------------
@@ -244,10 +311,13 @@ class RunStore:
     def shard_path(self, batch_key: str) -> Path:
         return self.shard_dir / f"{batch_key}.parquet"
 
-    def write_shard(self, batch_key: str, rows: list[dict[str, Any]]) -> None:
+    def write_shard(self, batch_key: str, rows: Sequence[UnitRow]) -> None:
         import pandas as pd
 
-        frame = pd.DataFrame([{c: row.get(c) for c in ROW_COLUMNS} for row in rows], columns=list(ROW_COLUMNS))
+        bad = [type(row).__name__ for row in rows if not isinstance(row, UnitRow)]
+        if bad:  # a dict would have had its unknown keys dropped and missing ones written as nulls
+            raise TypeError(f"write_shard takes UnitRow rows, got {sorted(set(bad))} (UnitRow.from_record converts)")
+        frame = pd.DataFrame([row.as_record() for row in rows], columns=list(ROW_COLUMNS))
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         atomic_write_bytes(self.shard_path(batch_key), buf.getvalue())
@@ -287,12 +357,16 @@ class RunStore:
             return pd.DataFrame(columns=list(ROW_COLUMNS))
         return pd.concat(frames, ignore_index=True).sort_values("unit_key", ignore_index=True)
 
-    def update_shard(self, batch_key: str, rows: list[dict[str, Any]]) -> None:
+    def update_shard(self, batch_key: str, rows: Sequence[UnitRow]) -> None:
         """Replace some units' rows in a batch's shard (a retry), keeping the other rows as they are."""
         import pandas as pd
 
-        new = {row["unit_key"]: row for row in rows}
-        merged = [new.pop(row["unit_key"], row) for row in pd.read_parquet(self.shard_path(batch_key)).to_dict("records")]
+        new = {row.unit_key: row for row in rows}
+        stored = pd.read_parquet(self.shard_path(batch_key)).to_dict("records")
+        # A shard older than ADDED_ROW_COLUMNS keeps them missing (None), as reading it shows them, not defaulted.
+        merged = [new.pop(key) if (key := str(record["unit_key"])) in new
+                  else UnitRow.from_record({**dict.fromkeys(ADDED_ROW_COLUMNS), **{str(k): v for k, v in record.items()}})
+                  for record in stored]
         if new:
             raise ValueError(f"units {sorted(new)} are not in batch {batch_key}")
         self.write_shard(batch_key, merged)

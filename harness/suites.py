@@ -101,7 +101,7 @@ class Suite:
         for it in self.items:
             if it.id == item_id:
                 return it
-        raise ConfigError(f"items", item_id, [it.id for it in self.items], f"no such item in suite {self.name!r}")
+        raise ConfigError("items", item_id, [it.id for it in self.items], f"no such item in suite {self.name!r}")
 
     @property
     def fingerprint(self) -> str:

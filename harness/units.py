@@ -106,13 +106,13 @@ class ResolvedMethod:
 
 
 def resolve_methods(config: RunConfig) -> list[ResolvedMethod]:
-    from methods.base import discover_methods
+    from harness.method_api import discover_methods
 
     registry = discover_methods()
     out = []
-    for i, entry in enumerate(config.methods):
+    for entry in config.methods:
         cls = registry.get(entry.name)
-        options = from_dict(cls.Options, entry.options, prefix=f"methods[{entry.key}].options")
+        options: Any = from_dict(cls.Options, entry.options, prefix=f"methods[{entry.key}].options")
         for key, value in _numbers(to_dict(options), f"methods[{entry.key}].options"):
             if not math.isfinite(value):
                 raise ConfigError(key, value, "a finite number", "NaN and inf are not option values")
@@ -167,6 +167,3 @@ def expand_grid(config: RunConfig, methods: list[ResolvedMethod], suites: dict[s
                     batches.append(Batch(method.label, model, suite_name, pkey, tuple(units[start:start + size])))
     return prepares, batches
 
-
-def unit_from_dict(data: dict[str, Any]) -> WorkUnit:
-    return from_dict(WorkUnit, data)

@@ -12,7 +12,8 @@ from typing import Any, Iterable
 
 def merged_length(intervals: Iterable[tuple[float, float]]) -> float:
     """Total length of the union of [start, end] intervals."""
-    total, cur_start, cur_end = 0.0, None, None
+    total, cur_start = 0.0, 0.0
+    cur_end: float | None = None  # None until the first interval
     for start, end in sorted(intervals):
         if cur_end is None or start > cur_end:
             if cur_end is not None:

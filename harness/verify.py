@@ -54,15 +54,15 @@ def verify_run(run_dir: str | Path, sample: int = 4, seed: int | None = None) ->
         done_keys = set(done["unit_key"])
         for key in chosen:
             for row in worker.run_batch(batches[key]):
-                if row["unit_key"] not in done_keys:  # failed in the run: no images to compare with
+                if row.unit_key not in done_keys:  # failed in the run: no images to compare with
                     continue
-                if row["status"] != "done":
-                    differing.append(f"{row['unit_key']}: failed on re-run ({row['error']})")
+                if row.status != "done":
+                    differing.append(f"{row.unit_key}: failed on re-run ({row.error})")
                     continue
-                for col in ("original_path", "edited_path"):
+                for path in (row.original_path, row.edited_path):
                     checked += 1
-                    if (scratch / row[col]).read_bytes() != (store.root / row[col]).read_bytes():
-                        differing.append(row[col])
+                    if (scratch / path).read_bytes() != (store.root / path).read_bytes():
+                        differing.append(path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return VerifyReport(checked, checked - len([d for d in differing if d.endswith(".png")]), differing, seed, chosen)

@@ -9,14 +9,15 @@ import math
 import platform
 import threading
 import time
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import torch
 
 from harness.config import RunConfig
 from harness.log import get_logger, quiet_libraries, setup
 from harness.schema import to_dict
-from harness.store import RunStore
+from harness.store import RunStore, UnitRow
 from harness.suites import load_suite, select_items
 from harness.units import Batch, PrepareJob, Retry, resolve_methods
 
@@ -90,7 +91,7 @@ class Worker:
     def _prepare(self, job: PrepareJob) -> dict[str, Any]:
         if self.store.artifact_path(job.key).is_file():
             return {"key": job.key, "skipped": True}
-        from methods.base import PrepareContext
+        from harness.method_api import PrepareContext
 
         method = self.methods[job.method]
         backbone = self.backbone(job.model)
@@ -133,7 +134,7 @@ class Worker:
         art = self._states[key]
         return art["state"], float(art["seconds"])
 
-    def _real_image_start(self, backbone: Any, item: Any, transform: str
+    def _real_image_start(self, backbone: Any, item: Any, transform: Literal["center-crop", "resize"]
                           ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """x_T of a real image by DDIM inversion (η = 0) with its caption, cached by image hash, model and schedule;
         the image's own state x_0 (one encoder pass, not cached); and the row fields: input_path, and the
@@ -177,7 +178,7 @@ class Worker:
                 return f"{field} of item {item.id!r} is longer than the text encoder's {backbone.tokenizer.model_max_length} tokens"
         return None
 
-    def run_batch(self, job: Batch | Retry) -> list[dict[str, Any]]:
+    def run_batch(self, job: Batch | Retry) -> list[UnitRow]:
         """Edit a batch, write its images, then its shard (which marks it done); return the rows written.
 
         Never raises for a method error. A Retry computes its whole batch but writes only its units'
@@ -186,27 +187,26 @@ class Worker:
         with self._device_lock:
             started = time.time()  # busy from here: time spent waiting for the lock is not work
             rows, images = self._compute_batch(batch)
-        out = [rows[u.key] for u in batch.units if redo is None or u.key in redo]
-        paths = {row[col] for row in out for col in ("original_path", "edited_path")}
+        chosen = [rows[u.key] for u in batch.units if redo is None or u.key in redo]
+        paths = {path for row in chosen for path in (row.original_path, row.edited_path)}
         for path, image in images:
             if path in paths:
                 self.store.write_image(path, image)
         finished = time.time()
-        for row in out:
-            row.update(batch_started_at=started, batch_finished_at=finished)
+        out = [replace(row, batch_started_at=started, batch_finished_at=finished) for row in chosen]
         if redo is None:
             self.store.write_shard(batch.key, out)
         else:
             self.store.update_shard(batch.key, out)
         return out
 
-    def _compute_batch(self, batch: Batch) -> tuple[dict[str, dict[str, Any]], list[tuple[str, Any]]]:
+    def _compute_batch(self, batch: Batch) -> tuple[dict[str, UnitRow], list[tuple[str, Any]]]:
         """Rows by unit key, and the (path, uint8 image) pairs still to be written."""
-        from methods.base import EditRequest
+        from harness.method_api import EditRequest
 
         method = self.methods[batch.method]
         suite = self.suites[batch.suite]
-        rows: dict[str, dict[str, Any]] = {}
+        rows: dict[str, UnitRow] = {}
         requests = []
         backbone = None
         try:
@@ -214,7 +214,7 @@ class Worker:
             state, prep_seconds = self._state(batch.prepare_key, method.cls.needs_prepare)
         except Exception as exc:  # a model or artifact that cannot load fails its units, with the reason
             state, prep_seconds = {}, 0.0
-            load_error = f"{type(exc).__name__}: {exc}"
+            load_error: str | None = f"{type(exc).__name__}: {exc}"
         else:
             load_error = None
         for unit in batch.units:
@@ -225,32 +225,35 @@ class Worker:
             if not error and item.image:
                 try:
                     x_T, x_0, fields = self._real_image_start(backbone, item, suite.image_transform)
-                    rows[unit.key].update(fields)
+                    rows[unit.key] = replace(rows[unit.key], **fields)
                 except Exception as exc:  # unreadable or wrongly sized files fail their unit only
                     error = f"{type(exc).__name__}: {exc}"
             if error:
-                rows[unit.key].update(status="failed", error=error)
+                rows[unit.key] = replace(rows[unit.key], status="failed", error=error)
             else:
                 requests.append(EditRequest(unit.key, item, unit.strength, unit.noise_seed, x_T, x_0))
         images = self._edit(batch, method, backbone, state, requests, rows) if requests else []
         return rows, images
 
     def _edit(self, batch: Batch, method: Any, backbone: Any, state: dict, requests: list,
-              rows: dict) -> list[tuple[str, Any]]:
+              rows: dict[str, UnitRow]) -> list[tuple[str, Any]]:
+        """Run the method on the requests; completes their rows in `rows` (replaced: rows are frozen)."""
         results = self._attempt(batch, method.cls(method.options), backbone, state, requests)
         images = []
         for request in requests:
             row = rows[request.unit_key]
             output, error, seconds, note, compile_s = results[request.unit_key]
             if output is None:
-                row.update(status="failed", error=error)
+                rows[request.unit_key] = replace(row, status="failed", error=error)
                 continue
             if not (torch.isfinite(output.edited).all() and torch.isfinite(output.original).all()):
-                row.update(status="failed", error="non-finite values (NaN/inf) in the method's output image")
+                rows[request.unit_key] = replace(
+                    row, status="failed", error="non-finite values (NaN/inf) in the method's output image")
                 continue
-            images += [(row["original_path"], to_uint8(output.original)), (row["edited_path"], to_uint8(output.edited))]
+            images += [(row.original_path, to_uint8(output.original)), (row.edited_path, to_uint8(output.edited))]
             info = dict(output.info, **({"recovery": note} if note else {}))
-            row.update(status="done", edit_seconds=seconds, compile_seconds=compile_s, info=_info_json(info))
+            rows[request.unit_key] = replace(row, status="done", edit_seconds=seconds, compile_seconds=compile_s,
+                                             info=_info_json(info))
         return images
 
     def _attempt(self, batch: Batch, instance: Any, backbone: Any, state: dict, requests: list,
@@ -305,28 +308,25 @@ class Worker:
             return out
         return {requests[0].unit_key: (None, error, math.nan, note, 0.0)}
 
-    def _row(self, batch: Batch, unit: Any, item: Any, method: Any, prep_seconds: float) -> dict[str, Any]:
+    def _row(self, batch: Batch, unit: Any, item: Any, method: Any, prep_seconds: float) -> UnitRow:
         return unit_row(self.config, batch, unit, item, method, prep_seconds, self.device_name, self.worker_id)
 
 
 def unit_row(config: RunConfig, batch: Batch, unit: Any, item: Any, method: Any, prep_seconds: float,
-             device: str, worker: str) -> dict[str, Any]:
+             device: str, worker: str) -> UnitRow:
     """A unit's row, status "failed" until the edit succeeds (so no unit is ever missing a reason)."""
     import json
 
     base = f"images/{batch.method}/{unit.key}"
-    return {
-        "run_id": config.run_id, "unit_key": unit.key, "batch_key": batch.key, "method": unit.method,
-        "method_name": method.cls.name, "method_version": method.cls.version,
-        "options": json.dumps(to_dict(method.options), sort_keys=True), "model": unit.model, "suite": unit.suite,
-        "item_id": unit.item_id, "attribute": unit.attribute, "prompt": item.prompt,
-        "target_prompt": item.target_prompt, "strength": unit.strength, "seed": unit.seed,
-        "noise_seed": str(unit.noise_seed), "status": "failed", "error": None,
-        "original_path": f"{base}.orig.png", "edited_path": f"{base}.edit.png", "input_path": None,
-        "edit_seconds": math.nan, "batch_started_at": math.nan, "batch_finished_at": math.nan,
-        "prepare_seconds": prep_seconds, "prepare_key": batch.prepare_key, "device": device,
-        "worker": worker, "info": None, "inversion_seconds": 0.0, "inversion_key": None, "compile_seconds": 0.0,
-    }
+    return UnitRow(
+        run_id=config.run_id, unit_key=unit.key, batch_key=batch.key, method=unit.method,
+        method_name=method.cls.name, method_version=method.cls.version,
+        options=json.dumps(to_dict(method.options), sort_keys=True), model=unit.model, suite=unit.suite,
+        item_id=unit.item_id, attribute=unit.attribute, prompt=item.prompt, target_prompt=item.target_prompt,
+        strength=unit.strength, seed=unit.seed, noise_seed=str(unit.noise_seed),
+        original_path=f"{base}.orig.png", edited_path=f"{base}.edit.png",
+        prepare_seconds=prep_seconds, prepare_key=batch.prepare_key, device=device, worker=worker,
+    )
 
 
 def _info_json(info: dict[str, Any]) -> str | None:

@@ -122,7 +122,7 @@ def calibrate(target: CalibrationTarget, attributes: Mapping[str, Attribute], sc
 
     records = {}
     for a in names:
-        rows = []
+        rows: list[tuple[float, int | None, torch.Tensor | None]] = []  # (score, sign, reference direction)
         for j in target.components:
             g = gains[a][j]
             if fixed_sign is not None:
@@ -195,6 +195,8 @@ def _scores(scorer: Scorer, images: torch.Tensor, attribute: Attribute) -> torch
 
 def _flat_vectors(target: CalibrationTarget, j: int, n: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Each sample's direction j as rows (n, D), float64, and the shape of one direction."""
+    if target.vectors is None:
+        raise ValueError("this calibration target has no direction vectors")
     v = target.vectors(j).detach().to("cpu", torch.float64)
     return v.reshape(n, -1), tuple(v.shape[1:])
 

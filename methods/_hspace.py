@@ -163,6 +163,7 @@ class TimestepIPCA:
             n = self.n_seen
             new_mean = self.mean + (batch_mean - self.mean) * (b / (n + b))
             correction = ((n * b / (n + b)) ** 0.5 * (self.mean - batch_mean))[:, None]
+            assert self.singular_values is not None and self.components is not None  # set by the first batch
             sketch = self.singular_values[..., None] * self.components
             stacked = torch.cat([sketch, centred, correction], dim=1)
         comps, svals = [], []

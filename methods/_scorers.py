@@ -13,7 +13,7 @@ instead (the world oracle) sets `reads_attribute = True` on its callable and als
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 import torch
 
@@ -60,7 +60,8 @@ def cached_scorer(spec: ScorerSpec, device: torch.device | str) -> Scorer:
 def score_attribute(scorer: Scorer, images: torch.Tensor, attribute: Attribute) -> torch.Tensor:
     """One score per image of how much it shows `attribute`'s positive side (higher = more)."""
     if getattr(scorer, "reads_attribute", False):
-        return scorer(images, attribute.positive, attribute.negative, attribute=attribute)
+        # Scorers that declare `reads_attribute` take the whole Attribute too (beyond the Protocol's signature).
+        return cast(Any, scorer)(images, attribute.positive, attribute.negative, attribute=attribute)
     return scorer(images, attribute.positive, attribute.negative)
 
 

@@ -101,7 +101,7 @@ class HSpacePCAOptions(HSpaceEditOptions):
                 raise ConfigError(f"{prefix}.{key}", j, f"an integer in [0, {self.n_components - 1}]",
                                   "raise n_components to use a later PC")
         if self.sketch_rank is not None and self.sketch_rank < self.n_components:
-            raise ConfigError(f"{prefix}.sketch_rank", self.sketch_rank, f"null or an integer >= n_components")
+            raise ConfigError(f"{prefix}.sketch_rank", self.sketch_rank, "null or an integer >= n_components")
 
 
 def fit_pca(backbone: Backbone, seeds: Sequence[int], sampler: SamplerConfig, prompt: str,
@@ -112,6 +112,7 @@ def fit_pca(backbone: Backbone, seeds: Sequence[int], sampler: SamplerConfig, pr
     buffer: list[torch.Tensor] = []
     rows = 0
     for _, hs, _ in record_batches(backbone, seeds, sampler, prompt, opts.batch_size):
+        assert hs is not None  # record_batches records h unless told not to
         buffer.append(hs.flatten(2).transpose(0, 1))  # (T, B, d)
         rows += hs.shape[0]
         if rows >= opts.fit_batch_size:
@@ -124,6 +125,8 @@ def fit_pca(backbone: Backbone, seeds: Sequence[int], sampler: SamplerConfig, pr
 
 def pca_state(ipca: TimestepIPCA, shape: tuple[int, ...], n_components: int) -> dict:
     """Sign-aligned unit PCs (k, T, *h) and their singular values (k, T) from a fitted IPCA."""
+    if ipca.components is None or ipca.singular_values is None:
+        raise ValueError("the incremental PCA has seen no samples")
     k = min(n_components, ipca.components.shape[1])
     u = align_signs(ipca.components[:, :k].transpose(0, 1))  # (k, T, d)
     return {
@@ -188,7 +191,7 @@ class HSpacePCA(EditMethod):
             def render(j: int, strengths: torch.Tensor, group=group, requests=requests) -> torch.Tensor:
                 d = torch.stack([step_delta(group, j, group["components"][j], float(s), opts.normalisation)
                                  for s in strengths]).to(backbone.device)
-                return generate(backbone, requests, ctx.sampler, delta_h=lambda i: d[:, i], injection=opts.injection)
+                return generate(backbone, requests, ctx.sampler, delta_h=lambda step: d[:, step], injection=opts.injection)
 
             target = CalibrationTarget(generate(backbone, requests, ctx.sampler), render,
                                        opts.calibration.components(group["components"].shape[0]))

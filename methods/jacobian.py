@@ -158,7 +158,7 @@ def eps_of_h_shift(backbone: Backbone, x: torch.Tensor, t: int, cond: Condition 
         n = delta.shape[0]
         with MidBlockHook(backbone.unet) as hook:
             hook.delta = delta
-            eps = predict_eps(backbone, x.expand(n, *x.shape[1:]), t, select_condition(cond, 0, n), hook)
+            eps = predict_eps(backbone, x.expand(n, *x.shape[1:]), t, select_condition(cond, 0, n))
         if mask is not None:
             eps = eps * mask
         return eps.to(delta.dtype)
@@ -167,7 +167,8 @@ def eps_of_h_shift(backbone: Backbone, x: torch.Tensor, t: int, cond: Condition 
 
 
 def jacobian_svd(backbone: Backbone, x: torch.Tensor, t: int, cond: Condition | None, h_shape: Sequence[int],
-                 k: int, *, mask: torch.Tensor | None = None, variant: str = "batched", block_size: int = 1,
+                 k: int, *, mask: torch.Tensor | None = None, variant: Literal["batched", "sequential"] = "batched",
+                 block_size: int = 1,
                  stop: StopCriterion = StopCriterion(), init: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, compute_u: bool = False):
     """Top-k singular triplets of ∂(M ⊙ ε)/∂h at one sample's (x_t, t) by Jacobian subspace iteration."""
@@ -217,7 +218,8 @@ class JacobianSubspace(EditMethod):
         steps = range(len(schedule)) if o.apply_svals else [src]
         mask = self._mask(backbone)
         with MidBlockHook(backbone.unet) as hook, torch.no_grad():
-            predict_eps(backbone, xs[0], schedule.timesteps[0], cond, hook)
+            predict_eps(backbone, xs[0], schedule.timesteps[0], cond)
+            assert hook.raw is not None  # the UNet call ran its mid_block
             h_shape = tuple(hook.raw.shape[1:])
         sigmas = torch.full((o.k, len(schedule)), float("nan"))
         vector, init, iterations, converged = None, None, 0, True
@@ -267,11 +269,15 @@ class JacobianSubspace(EditMethod):
         for key, items in prompt_groups(backbone, ctx.suite).items():
             requests = [EditRequest(f"calibration-{i}", items[0], 1.0, seed) for i, seed in enumerate(seeds)]
             run = self._run(backbone, state, requests, ctx.sampler)
-            vectors = None if o.directions_from == "reference" else \
-                (lambda j, run=run: torch.stack([d["vectors"][j] for d in run.dirs]))
-            target = CalibrationTarget(run.originals, lambda j, strengths, run=run: run.edit([j] * len(seeds),
-                                                                                            strengths),
-                                       o.calibration.components(o.k), vectors)
+
+            def vectors(j: int, run: Any = run) -> torch.Tensor:  # bound now: `run` changes per group
+                return torch.stack([d["vectors"][j] for d in run.dirs])
+
+            def render(j: int, strengths: torch.Tensor, run: Any = run) -> torch.Tensor:
+                return run.edit([j] * len(seeds), strengths)
+
+            target = CalibrationTarget(run.originals, render, o.calibration.components(o.k),
+                                       None if o.directions_from == "reference" else vectors)
             attributes = group_attributes(items)
             out[key] = calibrate(target, {a: ctx.suite.attributes[a] for a in attributes}, scorer, o.calibration)
         return out

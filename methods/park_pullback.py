@@ -246,8 +246,10 @@ class ParkPullback(EditMethod):
                 return batch.render([(b, j, 1, float(st)) for b, st in enumerate(strengths)])
 
             comps = o.calibration.components(o.pca_rank) if o.component == "auto" else [o.component]
-            target = CalibrationTarget(batch.originals, render, comps,
-                                       lambda j, batch=batch: torch.stack([basis.V[j] for basis in batch.bases]))
+            def vectors(j: int, batch: Any = batch) -> torch.Tensor:  # bound now: `batch` changes per group
+                return torch.stack([basis.V[j] for basis in batch.bases])
+
+            target = CalibrationTarget(batch.originals, render, comps, vectors)
             attributes = {a: ctx.suite.attributes[a] for a in group_attributes(items)}
             out[key] = calibrate(target, attributes, scorer, o.calibration, fixed_sign=o.fixed_sign)
         return {"calibration": out}

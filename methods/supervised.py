@@ -178,9 +178,12 @@ class Supervised(EditMethod):
             weights[[row[i] for i in neg], k] -= 1.0 / len(neg)
         total = None
         for sl, hs, _ in record_batches(backbone, [seeds[i] for i in union], ctx.sampler, prompt, opts.batch_size):
+            assert hs is not None  # record_batches records h unless told not to
             w = weights[sl].to(hs.device)
             part = torch.einsum("ba,b...->a...", w, hs.double())
             total = part if total is None else total + part
+        if total is None:
+            raise ValueError("no samples to average: every attribute's seed list is empty")
         v = {a: total[k] for k, a in enumerate(attributes)}
         group = {
             "directions": {a: v[a].float().cpu() for a in attributes},

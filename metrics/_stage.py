@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,7 @@ class StageContext:
     lpips: Any = None
     fid_backbone: Any = None
     reference_dir: Path | None = None
-    oracle_targets: dict[str, tuple[str, ...]] | None = None
+    oracle_targets: Mapping[str, tuple[str, ...]] | None = None
     inputs: dict[str, UnitInputs] = field(default_factory=dict)
     left_out: dict[str, dict[str, str]] = field(default_factory=dict)
     """metric ("*" for every image metric) -> unit_key -> the warning line that left it out."""

@@ -24,8 +24,11 @@ INCEPTION_WEIGHTS_URL = (
 )
 
 
-class Backbone(ABC):
-    """uint8 images -> features, plus the provenance a FID value must carry."""
+class FeatureBackbone(ABC):
+    """uint8 images -> features, plus the provenance a FID value must carry.
+
+    Named apart from `harness.diffusion.Backbone` (the loaded diffusion model): the two are unrelated.
+    """
 
     name: str
     feature_dim: int
@@ -39,11 +42,11 @@ class Backbone(ABC):
         """uint8 (N, 3, H, W) -> float (N, feature_dim) on the CPU."""
 
 
-_REGISTRY: Registry[Callable[..., Backbone]] = Registry("backbone", "metrics.fid.backbone")
+_REGISTRY: Registry[Callable[..., FeatureBackbone]] = Registry("backbone", "metrics.fid.backbone")
 
 
-def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    """Register a factory `f(**options) -> Backbone` under `name`; a name may be used once."""
+def register_backbone(name: str) -> Callable[[Callable[..., FeatureBackbone]], Callable[..., FeatureBackbone]]:
+    """Register a factory `f(**options) -> FeatureBackbone` under `name`; a name may be used once."""
     return _REGISTRY.register(name)
 
 
@@ -51,7 +54,7 @@ def available_backbones() -> list[str]:
     return _REGISTRY.names()
 
 
-def build_backbone(name: str, **options: object) -> Backbone:
+def build_backbone(name: str, **options: object) -> FeatureBackbone:
     """Build a registered backbone. Options each factory may use: weights, device, seed,
     feature_dim, internal_dtype, clip_encoder; factories ignore the ones they do not need."""
     return _REGISTRY.get(name)(**options)
@@ -60,7 +63,7 @@ def build_backbone(name: str, **options: object) -> Backbone:
 # --- torch-fidelity InceptionV3 (the FID standard) ------------------------------------------
 
 
-class InceptionBackbone(Backbone):
+class InceptionBackbone(FeatureBackbone):
     """torch-fidelity's FeatureExtractorInceptionV3, pool3 (2048-d), from a local weights file only."""
 
     def __init__(self, weights: str | Path | None, device: str = "cpu", internal_dtype: str = "float32") -> None:
@@ -93,7 +96,7 @@ class InceptionBackbone(Backbone):
 
 @register_backbone("inception")
 def _inception(weights: str | Path | None = None, device: str = "cpu", internal_dtype: str = "float32",
-               **_: object) -> Backbone:
+               **_: object) -> FeatureBackbone:
     return InceptionBackbone(weights, device, internal_dtype)
 
 
@@ -115,7 +118,7 @@ class _TinyConvNet(nn.Module):
         return self.body(x)
 
 
-class RandomTestBackbone(Backbone):
+class RandomTestBackbone(FeatureBackbone):
     """A seeded random conv net, for tests only: its 'FID' measures nothing perceptual.
 
     Runs in float64 so that features do not drift with the batch size.
@@ -138,7 +141,7 @@ class RandomTestBackbone(Backbone):
 
 
 @register_backbone("random-test")
-def _random_test(seed: int = 0, feature_dim: int = 16, **_: object) -> Backbone:
+def _random_test(seed: int = 0, feature_dim: int = 16, **_: object) -> FeatureBackbone:
     return RandomTestBackbone(seed, feature_dim)
 
 
@@ -158,7 +161,7 @@ class ImageEncoder(Protocol):
     def image_embeddings(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor: ...
 
 
-class ClipImageBackbone(Backbone):
+class ClipImageBackbone(FeatureBackbone):
     """Image embeddings of a loaded CLIP-like encoder, unnormalised by default as in torch-fidelity's FD_CLIP."""
 
     def __init__(self, encoder: ImageEncoder, normalize: bool = False) -> None:
@@ -174,7 +177,7 @@ class ClipImageBackbone(Backbone):
 
 
 @register_backbone("clip")
-def _clip(clip_encoder: ImageEncoder | None = None, **_: object) -> Backbone:
+def _clip(clip_encoder: ImageEncoder | None = None, **_: object) -> FeatureBackbone:
     if clip_encoder is None:
         raise ConfigError("metrics.fid.backbone", "clip", remedy="the 'clip' backbone needs metrics.clip configured "
                           "(it embeds images with that model)")

@@ -89,9 +89,10 @@ class CLIPScorer(ABC):
         """Per text: "" or a note that the text tower saw only its first max_text_tokens tokens."""
         notes = []
         for t in texts:
-            n = self.text_token_count(t) if self.max_text_tokens else None
-            notes.append(f"text truncated to {self.max_text_tokens} of its {n} tokens"
-                         if n is not None and n > self.max_text_tokens else "")
+            limit = self.max_text_tokens
+            n = self.text_token_count(t) if limit else None
+            notes.append(f"text truncated to {limit} of its {n} tokens"
+                         if n is not None and limit is not None and n > limit else "")
         return notes
 
     @torch.no_grad()
@@ -198,7 +199,7 @@ class OpenClipScorer(CLIPScorer):
         return len(encode(text)) + 2 if encode is not None else None
 
 
-def tensor_feat_clip_class() -> type:
+def tensor_feat_clip_class() -> Any:
     """transformers CLIPModel whose get_*_features return Tensors (transformers 5 returns ModelOutputs).
 
     Also the adapter torchmetrics' CLIPScore needs under transformers 5 (environment-notes §5).

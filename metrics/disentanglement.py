@@ -6,7 +6,7 @@ a callable uint8 image batch -> {attribute: scores (N,)}, e.g. clip.ZeroShotAttr
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,9 @@ from metrics._common import sha256_json
 from metrics._stage import GROUP_KEYS, StageContext, StageOutput, cached_values, per_image_frame
 from metrics.provenance import Provenance
 from metrics.registry import MetricSpec, register_metrics
+
+if TYPE_CHECKING:  # imported where used: metrics.clip loads torch models' code
+    from metrics.clip import ZeroShotAttributeScorer
 
 AttributeScorer = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 SCORE_COLUMNS = ("edit", "repeat", "measured", "orig", "edited")
@@ -76,7 +79,7 @@ def to_matrix(cells: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
 
 # -- the metrics-stage step ----------------------------------------------------------------------------
 
-def zeroshot_per_image(ctx: StageContext, scorer: object) -> pd.DataFrame:
+def zeroshot_per_image(ctx: StageContext, scorer: ZeroShotAttributeScorer) -> pd.DataFrame:
     """s_a for every configured attribute on the original and the edited image of each unit."""
     done, store, d = ctx.done, ctx.store, ctx.config.disentanglement
     ed, og = list(done["edited_path"]), list(done["original_path"])

@@ -18,7 +18,7 @@ from harness.errors import ConfigError
 from metrics._common import sha256_json
 from metrics._images import ImageStore, list_reference_images, shape_batches
 from metrics._stage import GROUP_KEYS, StageContext, StageOutput
-from metrics.backbones import Backbone, ImageEncoder, build_backbone
+from metrics.backbones import FeatureBackbone, ImageEncoder, build_backbone
 from metrics.cache import FeatureCache
 from metrics.config import MetricsConfig
 from metrics.functional.fid import FeatureStats, features_to_stats, fid_from_stats, kid, merge_stats
@@ -29,13 +29,13 @@ GroupKey = tuple
 ORIGINALS_REFERENCE = "originals of each group (the unedited samples of the same units)"
 
 
-def build_fid_backbone(config: MetricsConfig, clip_encoder: ImageEncoder | None = None) -> Backbone:
+def build_fid_backbone(config: MetricsConfig, clip_encoder: ImageEncoder | None = None) -> FeatureBackbone:
     f = config.fid
     return build_backbone(f.backbone, weights=f.weights, device=config.device, internal_dtype=f.internal_dtype,
                           seed=f.seed, feature_dim=f.feature_dim, clip_encoder=clip_encoder)
 
 
-def extract_features(items: Iterable[tuple[str, str]], store: ImageStore, backbone: Backbone,
+def extract_features(items: Iterable[tuple[str, str]], store: ImageStore, backbone: FeatureBackbone,
                      cache: FeatureCache, batch_size: int) -> None:
     """Run the backbone on every (sha, relpath) whose features are not cached yet; fills the cache."""
     todo = {sha: rel for sha, rel in items if sha not in cache}
@@ -60,7 +60,7 @@ class GroupStats:
     original_shas: tuple[str, ...]
 
 
-def _group_features(done: pd.DataFrame, store: ImageStore, backbone: Backbone, cache: FeatureCache,
+def _group_features(done: pd.DataFrame, store: ImageStore, backbone: FeatureBackbone, cache: FeatureCache,
                     batch_size: int) -> dict[GroupKey, tuple[np.ndarray, np.ndarray, tuple[str, ...]]]:
     done = done.sort_values("unit_key", kind="stable")
     edited = [store.sha(p) for p in done["edited_path"]]
@@ -76,7 +76,7 @@ def _group_features(done: pd.DataFrame, store: ImageStore, backbone: Backbone, c
     return out
 
 
-def group_feature_stats(rows: pd.DataFrame, run_dir: Path, config: MetricsConfig, backbone: Backbone,
+def group_feature_stats(rows: pd.DataFrame, run_dir: Path, config: MetricsConfig, backbone: FeatureBackbone,
                         store: ImageStore | None = None) -> dict[GroupKey, GroupStats]:
     """Statistics for the done rows of one shard (features are cached under run_dir/metrics)."""
     store = store or ImageStore(run_dir)
@@ -123,7 +123,7 @@ class FolderReference:
                 "FID compares different resolutions; resize the reference images to the run's resolution")
 
 
-def folder_reference(reference_dir: Path, run_dir: Path, backbone: Backbone, batch_size: int) -> FolderReference:
+def folder_reference(reference_dir: Path, run_dir: Path, backbone: FeatureBackbone, batch_size: int) -> FolderReference:
     """Features and statistics of every image in reference_dir (cached by content hash in run_dir)."""
     store = ImageStore(reference_dir)
     rels, skipped = [], []
@@ -150,13 +150,13 @@ def folder_reference(reference_dir: Path, run_dir: Path, backbone: Backbone, bat
                            str(reference_dir))
 
 
-def fid_provenance(backbone: Backbone, folder: FolderReference | None = None) -> Provenance:
+def fid_provenance(backbone: FeatureBackbone, folder: FolderReference | None = None) -> Provenance:
     return Provenance("fid", f"float64-stats eigvals-sqrt-trace; features: {backbone.implementation}",
                       backbone.library_version, backbone.name, backbone.weights_sha256, backbone.resize,
                       reference=folder.reference if folder else ORIGINALS_REFERENCE)
 
 
-def fid_rows(stats: dict[GroupKey, GroupStats], backbone: Backbone, folder: FolderReference | None) -> pd.DataFrame:
+def fid_rows(stats: dict[GroupKey, GroupStats], backbone: FeatureBackbone, folder: FolderReference | None) -> pd.DataFrame:
     """One FID aggregate row per group: against the folder if given, else against the group's originals."""
     prov, out = fid_provenance(backbone, folder), []
     for key, s in sorted(stats.items(), key=lambda kv: str(kv[0])):
@@ -175,7 +175,7 @@ def fid_rows(stats: dict[GroupKey, GroupStats], backbone: Backbone, folder: Fold
 
 
 def fid_aggregates(done: pd.DataFrame, run_dir: Path, config: MetricsConfig, reference_dir: Path | None,
-                   backbone: Backbone, store: ImageStore) -> pd.DataFrame:
+                   backbone: FeatureBackbone, store: ImageStore) -> pd.DataFrame:
     """FID (and KID when enabled) rows for every group of done rows; a reference folder at another
     resolution than the group's images is named in the group's warning."""
     f = config.fid

@@ -8,6 +8,7 @@ output row carries its provenance columns and provenance_key.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -68,7 +69,7 @@ def _failed_counts(rows: pd.DataFrame) -> pd.DataFrame:
 
 def compute_metrics(rows: pd.DataFrame, run_dir: Path, config: MetricsConfig,
                     reference_dir: Path | None = None,
-                    oracle_targets: dict[str, tuple[str, ...]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    oracle_targets: Mapping[str, tuple[str, ...]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-image values (long: one row per unit and metric) and aggregates (one row per group and metric).
 
     Every registered metric module (metrics.registry) runs in its declared order. Call it on all rows of a

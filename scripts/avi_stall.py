@@ -1,6 +1,7 @@
 """AVI ‖y‖/‖x‖ stall (issue 15 item 6/7; findings in methods/avi.py): closed-form optimum of L1 + L3 vs the trained
 MLP on its training pair, then the ratio on held-out samples. Usage: PYTHONPATH=. python scripts/avi_stall.py"""
-import sys, time
+import sys
+import time
 import torch
 from harness.models import load_backbone
 from harness.config import SamplerConfig
@@ -17,7 +18,8 @@ sched = Schedule.from_backbone(bb, 20)
 i_x, i_z = edit_steps(sched, 0.7, 0.1)
 print("state", bb.state_shape(), "i_x,i_z", i_x, i_z, sched.timesteps[i_x], sched.timesteps[i_z])
 x_T, noises = initial_noise([123], bb.state_shape(), 20, 0.0)
-co = make_condition(bb, [item.prompt], 5.0); ct = make_condition(bb, [item.target_prompt], 5.0)
+co = make_condition(bb, [item.prompt], 5.0)
+ct = make_condition(bb, [item.target_prompt], 5.0)
 x, z = latent_pair(bb, x_T, noises, co, ct, sched, i_x, i_z, 0.0, "branch")
 X, Z = x[0].double(), z[0].double()
 k = X.shape[-1] // 2
@@ -55,7 +57,8 @@ for spp, ep, width, lr in [(64, 2, 256, 1e-4), (500, 5, 256, 1e-4), (2000, 10, 2
 # -- generalisation to samples the MLP was not trained on
 def pairs(seeds):
     x_T, noises = initial_noise(seeds, bb.state_shape(), 20, 0.0)
-    co = make_condition(bb, [item.prompt] * len(seeds), 5.0); ct = make_condition(bb, [item.target_prompt] * len(seeds), 5.0)
+    co = make_condition(bb, [item.prompt] * len(seeds), 5.0)
+    ct = make_condition(bb, [item.target_prompt] * len(seeds), 5.0)
     return latent_pair(bb, x_T, noises, co, ct, sched, i_x, i_z, 0.0, "branch")
 
 xtr, ztr = pairs(list(range(100, 108)))

@@ -21,13 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from harness.config import SamplerConfig  # noqa: E402
-from harness.models import load_backbone  # noqa: E402
-from harness.schema import from_dict  # noqa: E402
-from harness.suites import load_suite  # noqa: E402
-from harness.units import WorkUnit  # noqa: E402
-from methods._scorers import ScorerSpec, make_scorer, score_attribute  # noqa: E402
-from methods.base import EditRequest, PrepareContext, discover_methods  # noqa: E402
+from harness.config import SamplerConfig
+from harness.models import load_backbone
+from harness.schema import from_dict
+from harness.suites import load_suite
+from harness.units import WorkUnit
+from methods._scorers import ScorerSpec, make_scorer, score_attribute
+from methods.base import EditRequest, PrepareContext, discover_methods
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     state = methods["calibrated"].prepare(backbone, PrepareContext(suite, sampler, args.prepare_seed))
     print(f"== {args.method}: prepare with calibration {time.time() - t0:.0f} s", flush=True)
-    for key, group in state.get("calibration", {}).items():
+    for group in state.get("calibration", {}).values():
         for a, rec in group.items():
             pos = ", ".join(f"{g:+.3f}" for g in rec["candidates"]["gain_positive"])
             neg = ", ".join(f"{g:+.3f}" for g in rec["candidates"]["gain_negative"])

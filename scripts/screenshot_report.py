@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.reports.browser import open_page  # noqa: E402
+from harness.reports.browser import open_page
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from harness.world.registry import get_world, world_names  # noqa: E402
+from harness.world.registry import get_world, world_names
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,11 @@
-"""The loaded diffusion model every method works on: UNet, DDIM scheduler and, for text models, VAE and CLIP text encoder.
+"""The loaded diffusion model every method works on: UNet, DDIM scheduler and, for text models, a CLIP text
+encoder and, for latent models, a VAE.
 
 Two families, as in the papers:
 - "unconditional": a pixel-space `UNet2DModel` (google/ddpm-ema-celebahq-256 in the h-space paper);
-- "text": a latent `UNet2DConditionModel` with VAE and text encoder (Stable Diffusion 2.1 in the SVD paper).
+- "text": a `UNet2DConditionModel` with a text encoder (Stable Diffusion 2.1 in the SVD paper). Whether the
+  diffusion state is latent is a separate property, `is_latent` (a VAE is loaded): Stable Diffusion is
+  latent, the embedded world's `world-text2img` is a pixel-space text model with no VAE.
 """
 from __future__ import annotations
 

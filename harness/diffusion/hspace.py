@@ -44,7 +44,7 @@ class MidBlockHook:
         self.replace: torch.Tensor | None = None
         self.last: torch.Tensor | None = None
         self.raw: torch.Tensor | None = None
-        self._handle = None
+        self._handle: Any = None  # torch's RemovableHandle while entered
 
     def _hook(self, module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         h = output
@@ -72,21 +72,9 @@ class MidBlockHook:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
         self._handle = None
         self.delta = self.replace = self.last = self.raw = None
         self.relative, self.samples = False, None
 
-
-def h_shape(backbone: Any) -> tuple[int, ...]:
-    """Shape (C, H, W) of h for one sample, found with one forward pass."""
-    from harness.diffusion.sampler import Condition, predict_eps
-
-    x = torch.zeros((1, *backbone.state_shape()), device=backbone.device)
-    cond = None
-    if backbone.family == "text":
-        emb = backbone.encode_text([""])
-        cond = Condition(emb, emb, guidance_scale=1.0)
-    with MidBlockHook(backbone.unet) as hook, torch.no_grad():
-        predict_eps(backbone, x, int(backbone.scheduler.config.num_train_timesteps) - 1, cond, hook)
-        return tuple(hook.last.shape[1:])

@@ -109,9 +109,11 @@ def check_prediction_type(scheduler: Any, model: str) -> str:
     return kind
 
 
-def predict_eps(backbone: Any, x: torch.Tensor, t: int, cond: Condition | None,
-                hook: MidBlockHook | None = None) -> torch.Tensor:
+def predict_eps(backbone: Any, x: torch.Tensor, t: int, cond: Condition | None) -> torch.Tensor:
     """ε-prediction (float32) at state x and timestep t, guidance applied.
+
+    An h-space edit needs no argument here: a MidBlockHook registered on `backbone.unet` (a context manager)
+    shifts or records h inside the UNet call, and `use_compiled` keeps hooked calls off the compiled graph.
 
     Other parameterisations are converted with ᾱ_t of the model's timestep t (the noise level the model was
     told the state has), from x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε:
@@ -133,6 +135,11 @@ def predict_eps(backbone: Any, x: torch.Tensor, t: int, cond: Condition | None,
         out = out_u + cond.guidance_scale * (out_c - out_u)
     else:
         out = unet(x_in, t, encoder_hidden_states=cond.cond).sample
+    return _output_to_eps(backbone, out, x, t)
+
+
+def _output_to_eps(backbone: Any, out: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+    """The UNet's raw output (B, ≥C, ...) for states x (B, C, ...) at timestep t as ε (float32); see predict_eps."""
     out = out[:, : x.shape[1]].float()  # models with learned variance emit 2C channels; ε is the first C
     kind = check_prediction_type(backbone.scheduler, getattr(backbone, "name", "<unnamed backbone>"))
     a = float(backbone.scheduler.alphas_cumprod[t])
@@ -143,20 +150,35 @@ def predict_eps(backbone: Any, x: torch.Tensor, t: int, cond: Condition | None,
     return out
 
 
+def h_shape(backbone: Any) -> tuple[int, ...]:
+    """Shape (C, H, W) of h for one sample, found with one forward pass.
+
+    Here rather than in hspace.py: it needs the UNet call (predict_eps), and hspace.py must not import this
+    module, which imports MidBlockHook from it (the cycle of issue 17.12).
+    """
+    x = torch.zeros((1, *backbone.state_shape()), device=backbone.device)
+    cond = None
+    if backbone.family == "text":
+        emb = backbone.encode_text([""])
+        cond = Condition(emb, emb, guidance_scale=1.0)
+    with MidBlockHook(backbone.unet) as hook, torch.no_grad():
+        predict_eps(backbone, x, int(backbone.scheduler.config.num_train_timesteps) - 1, cond)
+        if hook.last is None:
+            raise RuntimeError("the UNet call did not run its mid_block, so h has no shape to read")
+        return tuple(hook.last.shape[1:])
+
+
 def predict_eps_parts(backbone: Any, x: torch.Tensor, t: int, embeddings: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Unguided ε (float32) of x (B, ...) at t under each of several conditionings (each (B, L, D)), in one UNet call.
 
     For methods that combine more than CFG's two halves (SEGA's edit concepts, DiffEdit's two prompts): the
-    batch is [x under embeddings[0], x under embeddings[1], ...]. v-prediction is converted as in predict_eps.
+    batch is [x under embeddings[0], x under embeddings[1], ...]. The output is converted to ε as in predict_eps
+    (the same helper: before it, x₀-predicting "sample" models were read as ε here).
     """
     k = len(embeddings)
     x_in = x.to(backbone.dtype)
     out = backbone.unet(torch.cat([x_in] * k), t, encoder_hidden_states=torch.cat(list(embeddings))).sample
-    out = out[:, : x.shape[1]].float()
-    if backbone.scheduler.config.prediction_type == "v_prediction":
-        a = float(backbone.scheduler.alphas_cumprod[t])
-        out = a**0.5 * out + (1 - a) ** 0.5 * torch.cat([x.float()] * k)
-    return list(out.chunk(k))
+    return list(_output_to_eps(backbone, out, torch.cat([x] * k), t).chunk(k))
 
 
 def strength_start(num_steps: int, strength: float, what: str = "strength") -> int:
@@ -257,14 +279,16 @@ def denoise(
                 trace.steps.append(i)
             if hook is not None:
                 hook.delta, hook.relative, hook.samples = delta, relative_delta, batch
-            eps = predict(x, i) if predict is not None else predict_eps(backbone, x, t, cond, hook)
+            eps = predict(x, i) if predict is not None else predict_eps(backbone, x, t, cond)
             if trace is not None and trace.record_h:
                 # Record the unshifted h: what the model produced before the edit.
+                assert hook is not None  # needs_hook holds whenever h is recorded or edited
                 trace.hs.append(_h_of_cond_half(hook.raw, batch).float())
             eps_dir = None
             if injection == "asyrp" and delta is not None:
+                assert hook is not None
                 hook.delta = None
-                eps_dir = predict_eps(backbone, x, t, cond, hook)
+                eps_dir = predict_eps(backbone, x, t, cond)
             noise = noises[:, i].to(x.device) if (noises is not None and eta > 0) else None
             x = ddim_step(schedule, i, x, eps, eps_dir=eps_dir, eta=eta, noise=noise)
             if after_step is not None:

@@ -1,8 +1,6 @@
 """Executors decide where workers run; only harness.executors.ray_executor imports ray."""
 from __future__ import annotations
 
-from typing import Any
-
 from harness.config import RunConfig
 from harness.executors.base import Executor
 from harness.executors.inprocess import InProcessExecutor

@@ -120,6 +120,7 @@ def _start_reaper(started: list[Any]) -> None:
     reaper = subprocess.Popen([sys.executable, "-m", "harness.executors.reaper"], stdin=subprocess.PIPE,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                               cwd=REPO_ROOT)
+    assert reaper.stdin is not None  # stdin=PIPE
     reaper.stdin.write((json.dumps(procs) + "\n").encode())
     reaper.stdin.flush()
     _REAPERS.append(reaper)  # keeps the pipe open for this process's lifetime: EOF means the driver is gone
@@ -198,6 +199,7 @@ class RayExecutor:
                     if deadline <= time.monotonic():
                         del in_flight[ref]
                         self._replace(actor)
+                        assert timeout is not None  # a finite deadline is set only with a timeout
                         self._fail(job, f"timed out after {timeout * len(job.units):.0f}s "
                                         f"(executor.unit_timeout_s={timeout} per unit)", on_failed)
                 continue

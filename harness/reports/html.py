@@ -83,8 +83,8 @@ def _metric_plots(run: RunData, board: Leaderboard) -> list[str]:
                 v = v.dropna()
                 points.append((float(s), float(v.mean()) if len(v) else np.nan,
                                float(v.std(ddof=1)) if len(v) > 1 else np.nan))
-            series.append(Series(_series_name(key, keys, varying), *map(list, zip(*points)),
-                                 color=colors.get(tuple(key))))
+            xs, ys, errs = (list(column) for column in zip(*points))
+            series.append(Series(_series_name(key, keys, varying), xs, ys, errs, color=colors.get(tuple(key))))
         spread = "mean ± std over seeds" if per_seed else "mean over attributes"
         svgs.append(line_chart(series, f"{col.name} vs edit strength", "edit strength", f"{col.name} ({spread})"))
     return svgs
@@ -154,7 +154,7 @@ def _oracle_heatmaps(run: RunData) -> list[str]:
         return []
     p = p[p["metric"].astype(str).str.startswith("oracle_changed:")]
     svgs = []
-    for (method, model, suite, strength), g in p.groupby(["method", "model", "suite", "strength"], sort=True):
+    for (method, model, _suite, strength), g in p.groupby(["method", "model", "suite", "strength"], sort=True):
         cells = g.assign(factor=g["metric"].str.split(":").str[1]).groupby(["attribute", "factor"], sort=False)[
             "value"].mean()
         edits = _ordered(g["attribute"])
@@ -171,7 +171,7 @@ def _heatmaps(run: RunData) -> list[str]:
         return _oracle_heatmaps(run)
     d = a[a["metric"].astype(str).str.startswith("disentanglement") & a["measured_attribute"].notna()]
     svgs = _oracle_heatmaps(run)
-    for (metric, method, model, suite, strength), g in d.groupby(["metric", "method", "model", "suite", "strength"],
+    for (metric, method, model, _suite, strength), g in d.groupby(["metric", "method", "model", "suite", "strength"],
                                                                   sort=True):
         edits, measured = _ordered(g["attribute"]), _ordered(g["measured_attribute"])
         cells = {(e, m): v for e, m, v in zip(g["attribute"], g["measured_attribute"], g["value"])}

@@ -85,7 +85,9 @@ class _Settings:
     """Collects 'setting: ours vs paper' lines into differences and sames."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        self.spec, self.differences, self.same = spec, [], []
+        self.spec = spec
+        self.differences: list[str] = []
+        self.same: list[str] = []
 
     def compare(self, key: str, ours: Any, same: bool | None = None) -> None:
         paper = self.spec.get(key, {})
@@ -136,7 +138,7 @@ def _common_settings(s: _Settings, run: RunData, model: str, done: pd.DataFrame,
         s.compare(metric, "; ".join(backs), all(_matches(b, s.spec.get(metric, {}), exact=False) for b in backs))
 
 
-def _aggs_for(run: RunData, model: str, suite: str) -> pd.DataFrame:
+def _aggs_for(run: RunData, model: str | None, suite: str | None) -> pd.DataFrame:
     a = run.aggregates
     if a.empty or "metric" not in a.columns:
         return pd.DataFrame(columns=["method", "model", "suite", "attribute", "strength", "metric", "value"])
@@ -169,7 +171,11 @@ def _svd_one(run: RunData, spec: dict[str, Any], model: str | None, suite: str |
     attrs, metrics = spec["attributes"], spec["metrics"]
     rows = run.rows[(run.rows["model"] == model) & (run.rows["suite"] == suite)] if model else run.rows.iloc[:0]
     aggs = _aggs_for(run, model, suite) if model else _aggs_for(run, "", "")
-    missing, notes, cells, body, rules = [], [], [], [], set()
+    missing: list[str] = []
+    notes: list[str] = []
+    cells: list[dict[str, Any]] = []
+    body: list[Any] = []
+    rules: set[Any] = set()
     if model is None:
         missing.append(f"no rows of methods {', '.join(f'`{m}`' for m in spec['methods'])} for attributes "
                        f"{', '.join(attrs)} in run `{run.name}`{_present(run, list(spec['methods']))}: "
@@ -201,7 +207,7 @@ def _svd_one(run: RunData, spec: dict[str, Any], model: str | None, suite: str |
                 vals = []
                 for m, paper in zip(metrics, pub[a]):
                     sel = aggs[(aggs["method"] == label) & (aggs["attribute"] == a) & (aggs["metric"] == m)
-                               & (aggs["strength"] == chosen)]["value"].dropna() if chosen is not None else []
+                               & (aggs["strength"] == chosen)]["value"].dropna() if chosen is not None else pd.Series()
                     if not ar.empty and len(sel) == 0 and not run.aggregates.empty:
                         missing.append(f"no {m} aggregates for {label}/{a}")
                     if len(sel) > 1:

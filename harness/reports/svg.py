@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from html import escape
-from typing import Sequence
+from typing import Sequence, TypeGuard
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
@@ -24,7 +24,7 @@ class Series:
     labels: Sequence[str] | None = None  # per point, shown in its tooltip (e.g. the strength behind it)
 
 
-def _ok(v: float | None) -> bool:
+def _ok(v: float | None) -> TypeGuard[float]:  # narrows: after `if _ok(v)`, v is a number
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
@@ -43,7 +43,8 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     start = math.floor(lo / step) * step
-    ticks, t = [], start
+    ticks: list[float] = []
+    t = start
     while t <= hi + step * 0.5 and len(ticks) < 50:
         ticks.append(round(t, 12))
         t += step
@@ -75,6 +76,11 @@ def _axes(out: list[str], box: tuple[float, float, float, float], yticks: list[f
                f"{escape(y_label)}</text>")
 
 
+def _errors(s: Series) -> list[float | None]:
+    """The series' error bars, or None for each point."""
+    return list(s.err) if s.err is not None else [None] * len(s.x)
+
+
 def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str, width: int = 520,
                height: int = 280, x_ticks: Sequence[float] | None = None,
                y_ticks: Sequence[float] | None = None) -> str:
@@ -82,7 +88,7 @@ def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str,
 
     x_ticks / y_ticks fix the axes (e.g. [0, 0.25, ..., 1] for rates); default: from the data.
     """
-    pts = [(x, y, e) for s in series for x, y, e in zip(s.x, s.y, s.err or [None] * len(s.x)) if _ok(y)]
+    pts = [(x, y, e) for s in series for x, y, e in zip(s.x, s.y, _errors(s)) if _ok(y)]
     out = _open(width, height, title)
     if not pts:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" {FONT}>no values</text></svg>')
@@ -109,7 +115,7 @@ def line_chart(series: Sequence[Series], title: str, x_label: str, y_label: str,
     for i, s in enumerate(series):
         color = s.color or PALETTE[i % len(PALETTE)]
         tips = s.labels or [""] * len(s.x)
-        p = sorted((x, y, e, tip) for x, y, e, tip in zip(s.x, s.y, s.err or [None] * len(s.x), tips) if _ok(y))
+        p = sorted((x, y, e, tip) for x, y, e, tip in zip(s.x, s.y, _errors(s), tips) if _ok(y))
         if len(p) > 1:
             path = " ".join(f"{_n(x_of(x))},{_n(y_of(y))}" for x, y, _, _ in p)
             out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
@@ -138,7 +144,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], errors: Sequence[f
     if not vals:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" {FONT}>no values</text></svg>')
         return "\n".join(out)
-    errs = list(errors) if errors is not None else [None] * len(values)
+    errs: list[float | None] = list(errors) if errors is not None else [None] * len(values)
     tops = [v + (e if _ok(e) else 0) for v, e in zip(values, errs) if _ok(v)]
     yticks = nice_ticks(min(0.0, min(vals)), max(tops))
     box = (60.0, 28.0, width - 10.0, height - 110.0)

@@ -197,7 +197,8 @@ def build_leaderboard(runs: Sequence[RunData], sort: str | None = None,
             per_image_metrics.add(metric)
             groups = _by_provenance(part, PROVENANCE)
             for col, (_, sub) in zip(_split(metric, groups, "seeds"), groups):
-                cells += _seed_cells(sub, keys, "value", col.name, clamp=metric_spec(metric).clamp_mean)
+                spec = metric_spec(metric)  # declared: _is_column kept only declared metrics
+                cells += _seed_cells(sub, keys, "value", col.name, clamp=spec is not None and spec.clamp_mean)
                 metric_cols.append(col)
     if len(aggs):
         aggs = aggs[aggs["metric"].map(_is_column) & ~aggs["metric"].isin(per_image_metrics)]
@@ -241,9 +242,9 @@ TRADEOFF_COLUMNS = [Column(OPERATING_POINT, OPERATING_POINT, "max", spread=""),
 def _tradeoff_cells(per_image: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
     out = []
     for r in curves.summary(per_image, keys).to_dict("records"):
-        for column, field in ((OPERATING_POINT, "flip_at_pres"), (OPERATING_STRENGTH, "strength_at_pres"),
-                              (AUC, "flip_pres_auc")):
-            out.append({**{k: r[k] for k in keys}, "column": column, "value": r[field], "std": np.nan})
+        for column, name in ((OPERATING_POINT, "flip_at_pres"), (OPERATING_STRENGTH, "strength_at_pres"),
+                             (AUC, "flip_pres_auc")):
+            out.append({**{k: r[k] for k in keys}, "column": column, "value": r[name], "std": np.nan})
     return out
 
 
@@ -310,6 +311,8 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
         if len(cols) > 1:
             notes.append(f"{metric} was computed with {len(cols)} provenances: one column each, never mixed.")
         for c in cols:
+            if not c.provenance:  # derived columns (the trade-off ones) have none: a line would be empty
+                continue
             p = dict(c.provenance)
             sha = p.get("weights_sha256", "")
             notes.append(f"{c.name}: {p.get('implementation', '')}; backbone {p.get('backbone', '') or '-'}"
@@ -326,7 +329,8 @@ def _notes(board: Leaderboard, rows: pd.DataFrame, aggs: pd.DataFrame, within: S
         notes.append(f"{OPERATING_POINT}: the highest oracle_flip among the row's strengths whose oracle_preservation "
                      f"is >= {PRESERVATION_FLOOR:g} ({OPERATING_STRENGTH}: that strength); {AUC}: area under the "
                      "frontier max{flip : preservation >= q} over q in [0, 1] (0 for a no-op). Each strength's point "
-                     "pools the row's units (flip over eligible units only).")
+                     "pools the row's units (flip over eligible units only). Derived from the stored oracle_flip and "
+                     "oracle_preservation values, so their provenance is the oracle's.")
     if any(c.metric == "oracle_flip" for c in board.columns):
         notes.append("oracle_flip (the edit column to read): success among units whose original was valid and "
                      "not already at the target value (a no-op scores 0); oracle_success also counts units whose "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,15 @@ class JitteredScene:
     _max_jitter: float = 0.0
     dx: float
     dy: float
+
+    if TYPE_CHECKING:  # the subclasses are dataclasses; their generated __init__ takes the fields by name
+        def __init__(self, **fields: Any) -> None: ...
+
+    @classmethod
+    def from_key(cls: type[S], key: Sequence[str], dx: float = 0.0, dy: float = 0.0) -> S:
+        """The scene whose discrete factors are `key` (in factor order, as `key()` returns) with jitter (dx, dy)."""
+        factors: dict[str, Any] = dict(zip(cls._factor_names, key, strict=True))
+        return cls(**factors, dx=dx, dy=dy)
 
     def __post_init__(self) -> None:
         for name in self._factor_names:
@@ -47,4 +56,4 @@ def draw_scenes(cls: type[S], combos: Sequence[tuple[str, ...]], n: int, seed: i
     rng = np.random.default_rng(seed)
     idx = rng.integers(len(combos), size=n)
     jitter = rng.uniform(-cls._max_jitter, cls._max_jitter, size=(n, 2))
-    return [cls(*combos[i], dx=float(dx), dy=float(dy)) for i, (dx, dy) in zip(idx, jitter)]
+    return [cls.from_key(combos[i], float(dx), float(dy)) for i, (dx, dy) in zip(idx, jitter)]

@@ -175,4 +175,4 @@ def save_grid(images: np.ndarray, path: Path) -> None:
     grid = np.zeros((side * r, side * r, 3), dtype=np.uint8)
     for i, im in enumerate(images):
         grid[(i // side) * r:(i // side + 1) * r, (i % side) * r:(i % side + 1) * r] = im
-    Image.fromarray(grid).resize((side * r * 2, side * r * 2), Image.NEAREST).save(path)
+    Image.fromarray(grid).resize((side * r * 2, side * r * 2), Image.Resampling.NEAREST).save(path)

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     res = world.resolution
     results: dict[str, Any] = {"world": world.name}
-    clip = None
+    clip: WorldClip | None = None
     print(f"world {world.name!r}: {world.description}")
 
     if (args.clip / "config.json").is_file():
@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"text2img: no checkpoint at {args.text2img}")
 
     if ref_feats is not None:
+        assert clip is not None  # the reference features come from it
         fid: dict[str, float] = {}
         for name, images in (("uncond_samples", samples_uncond), ("text_samples", samples_text)):
             if images is None:

@@ -16,7 +16,7 @@ def _read(image: np.ndarray):
 
 def _make_face(key: tuple[str, ...], rng: np.random.Generator) -> Face:
     dx, dy = rng.uniform(-MAX_JITTER, MAX_JITTER, size=2)
-    return Face(*key, dx=float(dx), dy=float(dy))
+    return Face.from_key(key, float(dx), float(dy))
 
 
 # Zero-shot prompts in the papers' style; each names one factor's value only.
@@ -24,12 +24,16 @@ ZERO_SHOT_PROMPTS = {
     name: {value: partial_caption({name: value}) for value in FACTOR_VALUES[name]} for name in FACTOR_NAMES
 }
 
+def _sample(n: int, seed: int, split: str = "train") -> list[Face]:
+    return sample_faces(n, seed=seed, split=split)
+
+
 FACES_WORLD = register_world(World(
     name="faces",
     description="one aligned portrait: smile, glasses, age, gender, hat (the h-space paper's Table I) "
                 "with skin tone, hair colour, background and jitter as nuisance",
     factor_names=FACTOR_NAMES, factor_values=FACTOR_VALUES, resolution=32,
-    sample=lambda n, seed, split="train": sample_faces(n, seed=seed, split=split),
+    sample=_sample,
     render_batch=render_batch, caption=caption, parse_caption=parse_caption, read=_read,
     split_combinations=split_combinations, make_scene=_make_face, groups={n: (n,) for n in FACTOR_NAMES},
     partial_caption=partial_caption, zero_shot_prompts=ZERO_SHOT_PROMPTS, attributes=ATTRIBUTES,

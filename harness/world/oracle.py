@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -189,7 +190,7 @@ def read_scene(image: np.ndarray) -> OracleResult:
             if iou > best[1]:
                 best = (shape, iou, h)
     shape, iou, h = best
-    common = dict(fg=fg, bg=bg, area=area, centroid=(cx, cy), extent=h, shape_iou=iou)
+    common: dict[str, Any] = dict(fg=fg, bg=bg, area=area, centroid=(cx, cy), extent=h, shape_iou=iou)
     if iou < MIN_SHAPE_IOU:
         return OracleResult(
             False, f"object matches no shape template (best IoU {iou:.2f})", **common)

@@ -19,8 +19,12 @@ import numpy as np
 class Reading(Protocol):
     """What a world's oracle read from an image."""
 
-    valid: bool
-    reason: str
+    # Properties, i.e. read-only: the oracles return frozen dataclasses, which a settable attribute would exclude.
+    @property
+    def valid(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
 
     def factors(self) -> Mapping[str, str | None]: ...
 

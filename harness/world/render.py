@@ -12,7 +12,7 @@ import numpy as np
 
 from ._scene import draw_scenes
 from .factors import (
-    COLORS, FACTOR_NAMES, MAX_JITTER, PALETTE, SHAPES, SIZES, XS, YS, Scene,
+    COLORS, FACTOR_NAMES, PALETTE, SHAPES, SIZES, XS, YS, Scene,
 )
 
 SUPERSAMPLE = 4  # 4x4 samples per pixel: anti-aliased edges, coverage in steps of 1/16

@@ -26,7 +26,7 @@ def partial_caption(named: Mapping[str, str]) -> str:
 
 def _make_scene(key: tuple[str, ...], rng: np.random.Generator) -> Scene:
     dx, dy = rng.uniform(-MAX_JITTER, MAX_JITTER, size=2)
-    return Scene(*key, dx=float(dx), dy=float(dy))
+    return Scene.from_key(key, float(dx), float(dy))
 
 
 def _zero_shot() -> dict[str, dict[str, str]]:
@@ -41,10 +41,14 @@ def _zero_shot() -> dict[str, dict[str, str]]:
     return out
 
 
+def _sample(n: int, seed: int, split: str = "train") -> list[Scene]:
+    return sample_scenes(n, seed=seed, split=split)
+
+
 SHAPES_WORLD = register_world(World(
     name="shapes", description="one shape (3) of a colour (8) on a background (8), 2 sizes, 3x3 positions",
     factor_names=FACTOR_NAMES, factor_values=FACTOR_VALUES, resolution=32,
-    sample=lambda n, seed, split="train": sample_scenes(n, seed=seed, split=split),
+    sample=_sample,
     render_batch=render_batch, caption=caption, parse_caption=parse_caption, read=read_scene,
     split_combinations=split_combinations, make_scene=_make_scene, groups=_GROUPS,
     partial_caption=partial_caption, zero_shot_prompts=_zero_shot(),

@@ -75,10 +75,6 @@ def features_to_stats(features: Any) -> FeatureStats:
     return FeatureStats(int(x.shape[0]), x.sum(axis=0), x.T @ x)
 
 
-def empty_stats(dim: int) -> FeatureStats:
-    return FeatureStats(0, np.zeros(dim), np.zeros((dim, dim)))
-
-
 def merge_stats(*stats: FeatureStats) -> FeatureStats:
     """Add statistics of disjoint feature sets (exact up to float64 rounding of the sums)."""
     if not stats:

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import bench  # noqa: E402
+import bench
 
-from harness.diffusion.autodiff import vjp  # noqa: E402
+from harness.diffusion.autodiff import vjp
 
 
 def test_op_flops_match_closed_forms() -> None:

@@ -17,12 +17,17 @@ def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)
 
 
-def test_bad_invocations_exit_2_naming_the_argument(tmp_path: Path) -> None:
+def test_bad_invocations_exit_2_naming_the_argument_and_write_nothing(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"  # never the repository's benchmarks/RESULTS.md
     for args, needle in ((["--budget", "8min"], "--budget 8min"), (["--frobnicate"], "--frobnicate"),
-                         (["--dry-run", "--only", "nope"], "--only nope")):
+                         (["--dry-run", "--only", "nope"], "--only nope"), (["--dry-run", "--only"], "--only needs"),
+                         (["--python", str(tmp_path / "no-python")], "--python"),
+                         (["--results", str(tmp_path / "absent" / "R.md")], "absent")):
         res = _run("--results", str(results), *args)
-        assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        # Every argument is validated before anything is written: --only used to be checked after the
+        # section header was appended, leaving a header with no figures.
+        assert not results.exists() and not (tmp_path / "absent").exists()
 
 
 def test_dry_run_of_one_step_writes_its_section(tmp_path: Path) -> None:

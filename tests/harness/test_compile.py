@@ -43,7 +43,7 @@ def test_hooks_grad_and_autodiff_stay_eager(backbone) -> None:
     x = torch.randn(1, *backbone.state_shape())
     with torch.no_grad(), MidBlockHook(backbone.unet) as hook:
         hook.delta = torch.ones(1)
-        predict_eps(backbone, x, 500, None, hook)
+        predict_eps(backbone, x, 500, None)
     predict_eps(backbone, x.clone().requires_grad_(), 500, None)  # grad enabled
     jvp(lambda z: predict_eps(backbone, z, 500, None), x, torch.randn_like(x))
     with torch.no_grad():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from harness.cli import main
 from harness.config import CONFIG_DIR, load_run_config

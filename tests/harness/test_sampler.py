@@ -96,7 +96,7 @@ def test_cfg_delta_reaches_both_halves(sd_backbone) -> None:
     delta = torch.randn(1, *h_shape(sd_backbone))
     with MidBlockHook(sd_backbone.unet) as hook, torch.no_grad():
         hook.delta = delta
-        predict_eps(sd_backbone, x, 500, cond, hook)
+        predict_eps(sd_backbone, x, 500, cond)
         shifted = hook.last
         torch.testing.assert_close(shifted - hook.raw, delta.expand_as(shifted))
         assert shifted.shape[0] == 2
@@ -151,3 +151,19 @@ def test_unknown_prediction_types_are_refused_naming_the_model(unet_backbone) ->
     backbone = _with_prediction_type(unet_backbone, "flow")
     with pytest.raises(HarnessError, match="model tiny-unet: scheduler prediction_type 'flow' is not supported"):
         predict_eps(backbone, torch.zeros(1, *backbone.state_shape()), 500, None)
+
+
+@pytest.mark.parametrize("kind", ["sample", "v_prediction", "epsilon"])
+def test_predict_eps_parts_converts_like_predict_eps(sd_backbone, kind: str) -> None:
+    # predict_eps_parts (SEGA, DiffEdit) converted only v-prediction, so an x₀-predicting model's output was
+    # read as ε there; both now share one conversion. Reference: predict_eps without guidance, per conditioning.
+    from harness.diffusion.sampler import Condition, predict_eps_parts
+
+    backbone = _with_prediction_type(sd_backbone, kind)
+    x = torch.randn(2, *backbone.state_shape(), generator=torch.Generator().manual_seed(3))
+    a, b = backbone.encode_text(["a red circle", "a blue square"]), backbone.encode_text(["", ""])
+    with torch.no_grad():
+        parts = predict_eps_parts(backbone, x, 700, [a, b])
+        singles = [predict_eps(backbone, x, 700, Condition(e, e, guidance_scale=1.0)) for e in (a, b)]
+    for part, single in zip(parts, singles, strict=True):
+        torch.testing.assert_close(part, single, rtol=1e-5, atol=1e-5)

@@ -9,7 +9,8 @@ from tests.conftest import tiny_run
 def test_unit_keys_and_noise_seeds_are_stable_hashes() -> None:
     u = WorkUnit("sd", "tiny-sd", "hspace_paper", "smile", "smile", 1.0, 0)
     # Independent reference: recompute the documented hash by hand.
-    import hashlib, json
+    import hashlib
+    import json
     expected = hashlib.sha256(json.dumps(["unit", "sd", "tiny-sd", "hspace_paper", "smile", "smile", 1.0, 0],
                                          sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     assert u.key == expected

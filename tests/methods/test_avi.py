@@ -10,15 +10,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from harness.config import SamplerConfig, run_config_from_dict  # noqa: E402
-from harness.runner import execute, plan  # noqa: E402
-from harness.store import RunStore  # noqa: E402
-from harness.suites import load_suite  # noqa: E402
-from methods.avi import (  # noqa: E402
+from harness.config import SamplerConfig, run_config_from_dict
+from harness.runner import execute, plan
+from harness.store import RunStore
+from harness.suites import load_suite
+from methods.avi import (
     AVI, AVIOptions, TrainConfig, attribute_vectors, avi_losses, compose, gamma_scale, reverse_composite_vectors,
     train_mlp,
 )
-from methods.base import EditRequest, PrepareContext  # noqa: E402
+from methods.base import EditRequest, PrepareContext
 
 SIDE = 8
 K = SIDE // 2

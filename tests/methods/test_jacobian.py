@@ -115,7 +115,7 @@ def test_cfg_jacobian_is_the_guided_combination(tiny_sd: Backbone) -> None:
     only_cond = Condition(guided.cond, guided.cond, 1.0)
     only_uncond = Condition(guided.uncond, guided.uncond, 1.0)
     with MidBlockHook(tiny_sd.unet) as hook, torch.no_grad():
-        predict_eps(tiny_sd, x, 501, only_cond, hook)
+        predict_eps(tiny_sd, x, 501, only_cond)
         h_shape = tuple(hook.raw.shape[1:])
     v = torch.randn((2, *h_shape), generator=torch.Generator().manual_seed(1))
     zero = torch.zeros((1, *h_shape))

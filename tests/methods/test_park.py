@@ -77,7 +77,7 @@ def test_encoder_half_equals_full_forward_h(tiny_sd: Backbone) -> None:
     x = torch.randn((2, *tiny_sd.state_shape()), generator=torch.Generator().manual_seed(0))
     emb = tiny_sd.encode_text(["a photo of a man"])
     with MidBlockHook(tiny_sd.unet) as hook, torch.no_grad():
-        predict_eps(tiny_sd, x, 701, Condition(emb.expand(2, -1, -1), emb.expand(2, -1, -1), 1.0), hook)
+        predict_eps(tiny_sd, x, 701, Condition(emb.expand(2, -1, -1), emb.expand(2, -1, -1), 1.0))
         h_full = hook.raw.clone()
     with torch.no_grad():
         h = encoder_h(tiny_sd, 701, emb)(x)

@@ -9,7 +9,7 @@ import torch
 
 from harness.errors import ConfigError, MissingWeightsError
 from metrics.backbones import (
-    INCEPTION_WEIGHTS_FILE, Backbone, RandomTestBackbone, available_backbones, build_backbone, register_backbone,
+    INCEPTION_WEIGHTS_FILE, FeatureBackbone, RandomTestBackbone, available_backbones, build_backbone, register_backbone,
 )
 from tests.metrics.helpers import random_images
 
@@ -64,7 +64,7 @@ def test_register_backbone_rejects_duplicates() -> None:
 
 def test_random_test_backbone_is_seeded_labelled_and_batch_invariant() -> None:
     a, b, c = RandomTestBackbone(seed=0), RandomTestBackbone(seed=0), RandomTestBackbone(seed=1)
-    assert isinstance(a, Backbone) and a.name == "random-test" and "RANDOM" in a.implementation
+    assert isinstance(a, FeatureBackbone) and a.name == "random-test" and "RANDOM" in a.implementation
     assert a.weights_sha256 == b.weights_sha256 != c.weights_sha256
     imgs = random_images(9, size=24)
     whole = a(imgs)

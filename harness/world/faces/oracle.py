@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -144,6 +145,12 @@ def _fit_jitter(img: np.ndarray, face: Face, sigma: float) -> Face:
     return best
 
 
+def _with(face: Face, name: str, value: str) -> Face:
+    """`face` with factor `name` set to `value`."""
+    change: dict[str, Any] = {name: value}
+    return replace(face, **change)
+
+
 def _fit(img: np.ndarray, face: Face) -> tuple[Face, float]:
     """Coordinate descent on (jitter, blur, every factor), twice: the render that best explains the image."""
     sigma = 0.0
@@ -151,7 +158,7 @@ def _fit(img: np.ndarray, face: Face) -> tuple[Face, float]:
         face = _fit_jitter(img, face, sigma)
         sigma = min(BLUR_SIGMAS, key=lambda s: _sq_error(img, face, s))
         for name in FACTOR_NAMES:
-            face = min((replace(face, **{name: v}) for v in FACTOR_VALUES[name]), key=lambda f: _sq_error(img, f, sigma))
+            face = min((_with(face, name, v) for v in FACTOR_VALUES[name]), key=lambda f: _sq_error(img, f, sigma))
     return _fit_jitter(img, face, sigma), sigma
 
 
@@ -164,23 +171,26 @@ def read_face(image: np.ndarray) -> FaceReading:
     values: dict[str, str | None] = {}
 
     border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
-    values["bg"], d = _snap(np.median(border, axis=0), BACKGROUND)
+    bg, d = _snap(np.median(border, axis=0), BACKGROUND)
+    values["bg"] = bg
     if d > SNAP_TOL:
         return FaceReading(False, f"border colour {np.median(border, axis=0).round().tolist()} is no background")
     skin_rgb = np.median(_pixels(img, CHEEKS), axis=0)
-    values["skin"], d = _snap(skin_rgb, SKIN)
+    skin, d = _snap(skin_rgb, SKIN)
+    values["skin"] = skin
     if d > SNAP_TOL:
         return FaceReading(False, f"no face: cheek colour {skin_rgb.round().tolist()} is no skin tone", values)
     # The temples are a few pixels wide: their median only seeds the fit, which decides the hair colour
     # (a blurred temple mixes with skin and background, measured: 6 of 1,000 blurred noisy renders).
-    values["hair"], _ = _snap(np.median(_pixels(img, TEMPLES), axis=0), HAIR)
+    hair, _ = _snap(np.median(_pixels(img, TEMPLES), axis=0), HAIR)
+    values["hair"] = hair
 
-    face = Face(**_guess(img, values["skin"], values["hair"]), skin=values["skin"], hair=values["hair"],
-                bg=values["bg"])
+    guess: dict[str, Any] = _guess(img, skin, hair)
+    face = Face(**guess, skin=skin, hair=hair, bg=bg)
     face, sigma = _fit(img, face)
     margins: dict[str, float] = {}
     for name in ATTRIBUTES:
-        flipped = replace(face, **{name: _other(name, getattr(face, name))})
+        flipped = _with(face, name, _other(name, getattr(face, name)))
         gap = float(((_template(face, img.shape[0], sigma) - _template(flipped, img.shape[0], sigma)) ** 2).sum())
         margins[name] = (_sq_error(img, flipped, sigma) - _sq_error(img, face, sigma)) / max(gap, 1e-9)
     values.update(face.factors())

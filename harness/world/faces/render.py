@@ -10,14 +10,13 @@ import hashlib
 import itertools
 import re
 from functools import lru_cache
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .._scene import draw_scenes
 from .factors import (
-    BACKGROUND, BROW_OLD_RGB, EYE_RGB, FACTOR_NAMES, FACTOR_VALUES, HAIR, HAT_RGB, LENS_RGB, MAX_JITTER,
-    MOUTH_RGB, SKIN, WRINKLE_SHADE, Face,
+    BACKGROUND, BROW_OLD_RGB, EYE_RGB, FACTOR_NAMES, FACTOR_VALUES, HAIR, HAT_RGB, LENS_RGB, MOUTH_RGB, SKIN, WRINKLE_SHADE, Face,
 )
 
 SUPERSAMPLE = 4
@@ -67,7 +66,7 @@ def part_masks(face: Face, resolution: int) -> list[tuple[np.ndarray, tuple[floa
     hair = HAIR[face.hair]
     head = _ellipse(u, v, HAIR_CENTRE, HAIR_AXES)
     face_mask = _ellipse(u, v, FACE_CENTRE, FACE_AXES)
-    parts = []
+    parts: list[tuple[np.ndarray, tuple[float, float, float]]] = []
     if face.gender == "female":
         parts.append((full(head | _box(u, v, LONG_HAIR_BOXES[0]) | _box(u, v, LONG_HAIR_BOXES[1])), hair))
     else:
@@ -120,7 +119,7 @@ def render_batch(faces: Sequence[Face], resolution: int = 32) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- captions
 
-def subject_phrase(named: dict[str, str]) -> str:
+def subject_phrase(named: Mapping[str, str]) -> str:
     """'smiling old man with glasses and a hat' for the attributes named (any subset); 'person' if no gender."""
     words = []
     if named.get("smile") == "smiling":
@@ -142,7 +141,7 @@ def subject_phrase(named: dict[str, str]) -> str:
     return text
 
 
-def partial_caption(named: dict[str, str]) -> str:
+def partial_caption(named: Mapping[str, str]) -> str:
     """A caption in the papers' prompt style naming only the factors in ``named`` (any subset)."""
     text = "a photo of " + _article(subject_phrase(named))
     details = []

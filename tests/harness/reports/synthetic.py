@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from harness.hashing import stable_hash
-from harness.store import RunStore
+from harness.store import RunStore, UnitRow
 
 LPIPS_PROV = {"implementation": "lpips v0.1", "library_version": "0.1.4", "backbone": "lpips-alex",
               "weights_sha256": "a" * 64, "resize": "none", "metric_version": 1}
@@ -70,7 +70,7 @@ def make_run(root: Path, rows: Iterable[dict[str, Any]], per_image_rows: Iterabl
             color = np.array([40 * i % 256, 90, 200], np.uint8)
             store.write_image(r["original_path"], np.full((png, png, 3), 128, np.uint8))
             store.write_image(r["edited_path"], np.broadcast_to(color, (png, png, 3)).copy())
-    store.write_shard("b", rows)
+    store.write_shard("b", [UnitRow.from_record(r) for r in rows])
     (root / "metrics").mkdir(exist_ok=True)
     if per_image_rows := list(per_image_rows):
         pd.DataFrame(per_image_rows).to_parquet(root / "metrics" / "per_image.parquet", index=False)

@@ -75,6 +75,12 @@ def test_leaderboard_operating_point_and_area(tmp_path: Path) -> None:
     assert np.isnan(f.loc["harsh", "flip_at_pres0.9"]) and f.loc["harsh", "flip_pres_auc"] == pytest.approx(0.5)
     best = {f.index[i] for i in board.best["flip_pres_auc"]}
     assert best == {"good"}
+    # The notes name each column's provenance; the derived trade-off columns have none, and used to get
+    # lines like "flip_pres_auc: ; backbone -". Every provenance line must name an implementation.
+    for name in names[-3:]:
+        assert not [n for n in board.notes if n.startswith(f"{name}: ;")], board.notes
+    assert any(n.startswith("oracle_flip: oracle; backbone world-oracle") for n in board.notes), board.notes
+    assert not [n for n in board.notes if ": ; backbone" in n]
 
 
 def test_html_plots_flip_against_preservation_per_attribute(tmp_path: Path) -> None:

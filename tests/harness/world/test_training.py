@@ -10,11 +10,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from harness.world import FACTOR_NAMES, FACTOR_VALUES, OracleResult, render_batch, sample_scenes  # noqa: E402
-from harness.world import check  # noqa: E402
-from harness.world.render import split_combinations  # noqa: E402
-from harness.world.train_clip import counterfactual_batch, make_captions, match_matrix, scene_attrs  # noqa: E402
-from harness.world.train_ddpm import SAMPLE_ETA  # noqa: E402
+from harness.world import FACTOR_NAMES, FACTOR_VALUES, OracleResult, render_batch, sample_scenes
+from harness.world import check
+from harness.world.render import split_combinations
+from harness.world.train_clip import counterfactual_batch, make_captions, match_matrix, scene_attrs
+from harness.world.train_ddpm import SAMPLE_ETA
 
 TINY_CLIP = ["--vision-width", "32", "--vision-layers", "1", "--vision-heads", "1", "--text-width", "32",
              "--text-layers", "1", "--projection-dim", "16", "--batch-size", "16", "--eval-samples", "24",
