@@ -22,7 +22,7 @@ options as the `clip` metric and the `clip` scorer: backend transformers or open
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,8 @@ def _open_clip_preprocess(transform: Any) -> Preprocess:
     from torchvision import transforms as T
 
     resize = crop = None
-    mean = std = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     for t in getattr(transform, "transforms", []):
         if isinstance(t, T.Resize):
             resize = t.size if isinstance(t.size, int) else min(t.size)
@@ -114,9 +115,9 @@ def _open_clip_preprocess(transform: Any) -> Preprocess:
             crop = tuple(t.size)
         elif isinstance(t, T.Normalize):
             mean, std = tuple(t.mean), tuple(t.std)
-    if mean is None:
-        raise ValueError(f"open_clip preprocessing without Normalize: {transform!r}")
-    return Preprocess(resize, crop, mean, std)
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"open_clip preprocessing without a 3-channel Normalize: {transform!r}")
+    return Preprocess(resize, crop, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]))
 
 
 _LOADED: dict[tuple[ClipSpec, str], "DirectionalClip"] = {}
@@ -137,8 +138,9 @@ class DirectionalClip:
         from metrics.clip import load_clip_scorer  # lazily: only training methods need CLIP weights
 
         self.spec = spec
-        self.scorer = load_clip_scorer(spec.backend, spec.model, spec.pretrained, spec.model_config,
-                                       spec.random_weights, str(device), spec.seed)
+        # Any: the backend's concrete scorer (transformers: model + processor; open_clip: model + preprocess)
+        self.scorer: Any = cast(Any, load_clip_scorer(spec.backend, spec.model, spec.pretrained, spec.model_config,
+                                                     spec.random_weights, str(device), spec.seed))
         self.model = self.scorer.model
         self.model.requires_grad_(False)
         if spec.backend == "transformers":

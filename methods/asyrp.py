@@ -206,9 +206,9 @@ def training_step(backbone: Backbone, net: DeltaBlock, clip: DirectionalClip, sc
     temb = unet_temb(backbone, t)
     with MidBlockHook(backbone.unet) as hook:
         with torch.no_grad():
-            eps_plain = predict_eps(backbone, x_edit, t, None, hook)   # D_t's ε: unedited, at the edited state
+            eps_plain = predict_eps(backbone, x_edit, t, None)   # D_t's ε: unedited, at the edited state
         hook.delta = lambda h: net(h, temb)                             # f_t on this pass's own h_t
-        eps_edit = predict_eps(backbone, x_edit, t, None, hook)
+        eps_edit = predict_eps(backbone, x_edit, t, None)
     with torch.no_grad():
         eps_orig = predict_eps(backbone, x_orig, t, None)
     x0_edit, x0_orig = pred_x0(schedule, i, x_edit, eps_edit), pred_x0(schedule, i, x_orig, eps_orig)
@@ -313,7 +313,8 @@ class Asyrp(EditMethod):
     @staticmethod
     def _h_channels(backbone: Backbone, x: torch.Tensor, t: int) -> int:
         with MidBlockHook(backbone.unet) as hook, torch.no_grad():
-            predict_eps(backbone, x, t, None, hook)
+            predict_eps(backbone, x, t, None)
+            assert hook.raw is not None, "the mid-block hook records h on every UNet call"
             return int(hook.raw.shape[1])
 
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],

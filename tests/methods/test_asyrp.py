@@ -182,7 +182,7 @@ def _by_hand(micro, net: DeltaBlock, x_T: torch.Tensor, gamma: float, factor: fl
         a_next = float(sched.alphas_cumprod[t - gap]) if t - gap >= 0 else 1.0
         temb = _temb(unet, t, torch.float64)
         with torch.no_grad():
-            et_modified = _eps(unet, x, t, shift=lambda h: gamma * factor * net(h, temb))
+            et_modified = _eps(unet, x, t, shift=lambda h, temb=temb: gamma * factor * net(h, temb))
             et = et_modified if symmetric else _eps(unet, x, t)
         x0_t = (x - et_modified * (1 - a) ** 0.5) / a**0.5
         if t < t_boost * 1000:  # quality boosting: η = 1
