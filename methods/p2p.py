@@ -268,8 +268,10 @@ class PromptToPromptControl:
         self.blend = blend
         self.step = 0
         self.maps: dict[int, torch.Tensor] = {}
-        """Local blend: per query count, the word-weighted cross maps summed over steps, layers and heads (2, B, Q)."""
+        """Local blend: per query count, the word-weighted cross maps summed over steps, layers and heads (2, B, Q);
+        divided by `map_counts` (layers x heads) they are the official store's step sums averaged over layers and heads."""
         self.map_counts: dict[int, int] = {}
+        self.first_blend_step: dict[int, int] = {}
         self.record: Any = None
 
     def __call__(self, probs: torch.Tensor, layer: AttentionLayer, is_cross: bool) -> torch.Tensor:
@@ -294,7 +296,8 @@ class PromptToPromptControl:
             used = out.reshape(self.parts, 2, self.batch, heads, queries, keys)[-1]  # (2, B, h, Q, L)
             m = torch.einsum("sbhqk,sbk->sbq", used.double(), self.words.to(probs.device))
             self.maps[queries] = self.maps.get(queries, 0) + m
-            self.map_counts[queries] = self.map_counts.get(queries, 0) + heads
+            if self.step == self.first_blend_step.setdefault(queries, self.step):
+                self.map_counts[queries] = self.map_counts.get(queries, 0) + heads  # layers x heads of one step
         if self.record is not None:
             self.record(layer, is_cross, self.step, probs, out)
         return out
