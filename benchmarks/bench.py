@@ -124,13 +124,48 @@ class OpFlops(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def edit_flops_per_image(args: argparse.Namespace, out: Path) -> float:
+def edit_flops_per_image(args: argparse.Namespace, out: Path, warm: bool = False) -> float:
     """Model FLOPs of the method's edit per unit (original + edited image), counted over one batch: every
-    UNet forward, JVP and VJP, the VAE and the text encoder included."""
+    UNet forward, JVP and VJP, the VAE and the text encoder included. `warm`: count a second call of the same
+    batch, after the backbone has cached the prompts' text embeddings (the text encoder then costs nothing)."""
     batches, edit = bare_setup(args, out)
+    if warm:
+        edit(batches[0])
     with OpFlops() as counter:
         edit(batches[0])
     return counter.total / len(batches[0])
+
+
+# Text-editing methods whose FLOPs `--flops-only` tabulates by default (issue 18: "their FLOPs in the benchmark"),
+# with the options of configs/baselines_world.yaml that change the count (SEGA's 2 attribute concepts, DiffEdit's
+# 10 mask maps at strength 0.5 and encode ratio 0.8, SDEdit's t0 0.6); P2P at its defaults (no local blend).
+FLOP_METHODS: dict[str, list[str]] = {
+    "sd": [], "sdedit": ["t0=0.6"], "sega": ["concepts=attribute"], "diffedit": ["n_masks=10", "encode_ratio=0.8"],
+    "p2p": [],
+}
+
+
+def flops_table(args: argparse.Namespace, methods: list[str]) -> list[str]:
+    """Markdown lines: model FLOPs per unit of each method on the same model, item and grid, and the ratio to sd."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-flops-"))
+    rows = {}
+    try:
+        for method in methods:
+            options = args.option if method == args.method else FLOP_METHODS.get(method, [])
+            margs = argparse.Namespace(**{**vars(args), "method": method, "option": options, "units": args.batch_size})
+            rows[method] = (edit_flops_per_image(margs, tmp), options)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = rows.get("sd", (None,))[0]
+    lines = [f"### Model FLOPs per unit on {args.model}: {args.suite}/{args.item}, {args.steps} DDIM steps, CFG 7.5, "
+             f"batch {args.batch_size}", "",
+             f"date {datetime.now(timezone.utc).date()}; torch {torch.__version__}; torch's flop counter over one edit "
+             "call (original + edited image: every UNet, JVP/VJP, VAE and text-encoder call)", "",
+             "| method | options | GFLOP per unit | ratio to sd |", "|---|---|---:|---:|"]
+    for method, (flops, options) in rows.items():
+        ratio = f"{flops / base:.3f}" if base else "n/a"
+        lines.append(f"| {method} | {', '.join(options) or 'defaults'} | {flops / 1e9:.4f} | {ratio} |")
+    return lines
 
 
 def diffusers_pipeline(args: argparse.Namespace) -> float:
@@ -257,8 +292,14 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet in every path (executor.compile)")
     ap.add_argument("--write", type=Path, help="append the table to this markdown file")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray path (gpu.sh --dry-run: seconds, not minutes)")
+    ap.add_argument("--flops-only", nargs="?", const=",".join(FLOP_METHODS), metavar="METHODS",
+                    help="only tabulate model FLOPs per unit of these comma-separated methods (default: "
+                         f"{','.join(FLOP_METHODS)}); no timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.flops_only:
+        emit(flops_table(args, args.flops_only.split(",")), args.write)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     # Each path runs N and 2N units: end-to-end images/s includes fixed costs (Ray start, model load);

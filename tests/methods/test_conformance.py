@@ -8,7 +8,7 @@ age) and a real image (world_real scene0, started from its DDIM inversion). Chec
   images, whatever the global RNG state;
 - the backbone is left as found by `prepare` + `edit`: the UNet's (and VAE's) output on a fixed input is
   bit-identical, no hook remains (none on `unet.mid_block`), parameters, buffers, requires_grad flags,
-  train/eval modes, the scheduler and torch's grad mode are unchanged;
+  train/eval modes, the attention processors (the same objects), the scheduler and torch's grad mode are unchanged;
 - the output contract: one `EditOutput` per request, in request order (a permuted request list permutes the
   outputs), images float (3, H, W) in [0, 1], info JSON-serialisable as the worker stores it; a non-zero
   strength changes the image;
@@ -36,6 +36,7 @@ import torch
 
 from harness.config import REPO_ROOT, SamplerConfig
 from harness.diffusion import Schedule, ddim_invert, make_condition
+from harness.diffusion.attention import processor_state
 from harness.diffusion.backbone import Backbone
 from harness.images import load_image
 from harness.models import resolve_model
@@ -74,6 +75,8 @@ OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "asyrp": {"": {"n_train_images": 1, "clip": {"backend": "transformers", "model": str(REPO_ROOT / "checkpoints/world-clip")}},
               "boost": {"n_train_images": 1, "t_boost": 0.5, "strength_scale": "relative",
                         "clip": {"backend": "transformers", "model": str(REPO_ROOT / "checkpoints/world-clip")}}},
+    # The 3-step grid: cross window [0, 0.8] is steps 0-2 (int(0.8 * 4) = 3), self [0, 0.4] step 0.
+    "p2p": {"": {}, "reweight-blend": {"reweight": 2.0, "local_blend": True}},
 }
 
 # Tolerance of the float32 batch-order comparisons (issue 16). The same request's images may round differently
@@ -98,6 +101,7 @@ STRENGTH_ZERO_EDITS = {
     "sd": "strength is not used: the edit is the target prompt's regeneration",
     "sdedit": "strength is not used: t0 is the knob, and the edit is the SDEdit image of the input",
     "diffedit": "strength is not used: the edit is the masked decoding with the target prompt",
+    "p2p": "strength is not used: the edit is the target prompt's branch under attention control",
 }
 
 
@@ -168,6 +172,8 @@ class Snapshot:
     requires_grad: dict[str, bool]
     training: dict[str, bool]
     hooks: dict[str, int]
+    processors: dict[str, tuple[str, int]]
+    """Attention processors (class, object id) per module: a method that swaps them must put the same ones back."""
     scheduler: tuple
     global_state: dict[str, Any]
 
@@ -188,7 +194,9 @@ class Snapshot:
                      sched.timesteps.clone())
         global_state = {"grad_enabled": torch.is_grad_enabled(), "global_hooks": _global_hook_count(),
                         "num_threads": torch.get_num_threads(), "default_dtype": torch.get_default_dtype()}
-        return cls(_probe(backbone), tensors, requires_grad, training, hooks, scheduler, global_state)
+        processors = {f"{prefix}.{k}": v for prefix, module in _modules(backbone).items()
+                      for k, v in processor_state(module).items()}
+        return cls(_probe(backbone), tensors, requires_grad, training, hooks, processors, scheduler, global_state)
 
     def differences(self, other: "Snapshot") -> list[str]:
         out = []
@@ -200,7 +208,8 @@ class Snapshot:
         out += [f"new parameters/buffers: {sorted(set(other.tensors) - set(self.tensors))[:5]}"] \
             if set(other.tensors) - set(self.tensors) else []
         for what, a, b in (("requires_grad", self.requires_grad, other.requires_grad),
-                           ("train/eval mode", self.training, other.training), ("hooks", self.hooks, other.hooks)):
+                           ("train/eval mode", self.training, other.training), ("hooks", self.hooks, other.hooks),
+                           ("attention processors", self.processors, other.processors)):
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             out += [f"{what} changed: {diff[:5]}"] if diff else []
         s0, s1 = self.scheduler, other.scheduler
@@ -471,3 +480,15 @@ def test_batch_order_tolerance_can_fail(cases, name: str, label: str, model: str
             if case.requests[i].x_T is None:  # the generated samples (the real image's edit may be looser)
                 with pytest.raises(AssertionError):
                     _close(case, kind, i, image + 1e-3, image, f"{kind} of request {i} + 1e-3")
+
+
+def test_snapshot_notices_swapped_attention_processors(tiny_sd) -> None:
+    """A processor replaced by an equal one (same class, same output) is still a change: the check can fail."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    backbone = _private_copy(tiny_sd)
+    before = Snapshot.of(backbone)
+    key = next(iter(backbone.unet.attn_processors))
+    backbone.unet.set_attn_processor({k: (AttnProcessor2_0() if k == key else p)
+                                      for k, p in backbone.unet.attn_processors.items()})
+    assert any("attention processors changed" in d for d in before.differences(Snapshot.of(backbone)))
