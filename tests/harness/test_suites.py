@@ -34,3 +34,23 @@ def test_fingerprint_changes_with_a_prompt(tmp_path) -> None:
     lines[1] = lines[1].replace("circle", "disc").replace("square", "box").replace("triangle", "wedge")
     captions.write_text("\n".join(lines) + "\n")
     assert load_suite(str(path)).fingerprint != before
+
+
+def test_faces_suite_items_are_full_world_captions_that_differ_only_in_the_target() -> None:
+    """faces-text2img was trained on full captions only and ignores short ones (measured, see the suite files), so
+    every text item must name all eight factors, and its target prompt must change exactly the attribute's factor
+    to the attribute's value (the source not already at it)."""
+    from harness.world.registry import get_world
+
+    world = get_world("faces")
+    for name in ("faces_hspace", "faces_svd"):
+        suite = load_suite(name)
+        assert suite.world == "faces"
+        for item in suite.items:
+            source, target = world.parse_caption(item.prompt), world.parse_caption(item.target_prompt)
+            assert set(source) == set(world.factor_names), (name, item.id, "source names every factor")
+            assert set(target) == set(world.factor_names), (name, item.id, "target names every factor")
+            attribute = suite.attributes[item.attribute]
+            changed = {k for k in source if source[k] != target[k]}
+            assert changed == {attribute.factor}, (name, item.id, changed)
+            assert target[attribute.factor] == attribute.value != source[attribute.factor], (name, item.id)
