@@ -18,6 +18,7 @@ wall-clock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -26,6 +27,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from _common import emit
 
@@ -69,8 +71,9 @@ def config(args: argparse.Namespace, kind: str, out: Path, run_id: str) -> dict:
     }
 
 
-def bare_setup(args: argparse.Namespace, out: Path) -> tuple:
-    """What the bare loop runs: the plan's batches, the method instance with its prepared state, the model."""
+def bare_setup(args: argparse.Namespace, out: Path, prepare_counter: OpFlops | None = None) -> tuple:
+    """What the bare loop runs: the plan's batches, the method instance with its prepared state, the model.
+    `prepare_counter`: an OpFlops that counts the method's one-off `prepare` (directions, calibration, training)."""
     from harness.models import load_backbone
     from harness.suites import load_suite, select_items
     from harness.worker import choose_dtype
@@ -87,7 +90,10 @@ def bare_setup(args: argparse.Namespace, out: Path) -> tuple:
         compile_backbone(backbone)
     suite = select_items(load_suite(args.suite), cfg.items)
     instance = method.cls(method.options)
-    state = instance.prepare(backbone, PrepareContext(suite, cfg.sampler, 0)) if method.cls.needs_prepare else {}
+    state: Any = {}
+    if method.cls.needs_prepare:
+        with prepare_counter if prepare_counter is not None else contextlib.nullcontext():
+            state = instance.prepare(backbone, PrepareContext(suite, cfg.sampler, 0))
     batches = [[EditRequest(u.key, suite.item(u.item_id), u.strength, u.noise_seed) for u in b.units]
                for b in p.batches]
     return batches, lambda reqs: instance.edit(backbone, state, reqs, cfg.sampler)
@@ -124,11 +130,13 @@ class OpFlops(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def edit_flops_per_image(args: argparse.Namespace, out: Path, warm: bool = False) -> float:
+def edit_flops_per_image(args: argparse.Namespace, out: Path, warm: bool = False,
+                         prepare: OpFlops | None = None) -> float:
     """Model FLOPs of the method's edit per unit (original + edited image), counted over one batch: every
     UNet forward, JVP and VJP, the VAE and the text encoder included. `warm`: count a second call of the same
-    batch, after the backbone has cached the prompts' text embeddings (the text encoder then costs nothing)."""
-    batches, edit = bare_setup(args, out)
+    batch, after the backbone has cached the prompts' text embeddings (the text encoder then costs nothing).
+    `prepare`: an OpFlops that counts the one-off preparation for the run's items (0 for methods without one)."""
+    batches, edit = bare_setup(args, out, prepare)
     if warm:
         edit(batches[0])
     with OpFlops() as counter:
@@ -143,6 +151,22 @@ FLOP_METHODS: dict[str, list[str]] = {
     "sd": [], "sdedit": ["t0=0.6"], "sega": ["concepts=attribute"], "diffedit": ["n_masks=10", "encode_ratio=0.8"],
     "p2p": [],
 }
+# Options of the h-space methods as configs/quickstart.yaml runs them on faces-ddpm (`--flops-only
+# asyrp,random-direction,hspace-pca,jacobian,supervised --model faces-ddpm --suite faces_hspace`): the faces
+# oracle and CLIP as scorers, one Asyrp training image (its FLOPs per image scale linearly).
+_ORACLE = ["scorer.kind=oracle", "scorer.options.world=faces"]
+FLOP_OPTIONS: dict[str, list[str]] = {
+    **FLOP_METHODS,
+    "asyrp": ["clip.backend=transformers", "clip.model=checkpoints/faces-clip", "n_train_images=1",
+              "strength_scale=relative"],
+    "random-direction": ["strength_scale=relative"],
+    "hspace-pca": ["n_samples=64", "n_components=6", "strength_scale=relative", *_ORACLE,
+                   "calibration.n_samples=8", "calibration.strengths=[0.5]"],
+    "jacobian": ["k=3", "directions_from=reference", "convergence.max_iters=8", "convergence.patience=2",
+                 "strength_scale=relative", *_ORACLE, "calibration.n_samples=8", "calibration.strengths=[0.5]"],
+    "supervised": ["n_samples=64", "n_examples=8", "strength_scale=relative", "scorer.kind=clip",
+                   "scorer.options.backend=transformers", "scorer.options.model=checkpoints/faces-clip"],
+}
 
 
 def flops_table(args: argparse.Namespace, methods: list[str]) -> list[str]:
@@ -151,20 +175,23 @@ def flops_table(args: argparse.Namespace, methods: list[str]) -> list[str]:
     rows = {}
     try:
         for method in methods:
-            options = args.option if method == args.method else FLOP_METHODS.get(method, [])
+            options = args.option if method == args.method else FLOP_OPTIONS.get(method, [])
             margs = argparse.Namespace(**{**vars(args), "method": method, "option": options, "units": args.batch_size})
-            rows[method] = (edit_flops_per_image(margs, tmp), options)
+            prepare = OpFlops()
+            rows[method] = (edit_flops_per_image(margs, tmp, prepare=prepare), options, prepare.total)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    base = rows.get("sd", (None,))[0]
-    lines = [f"### Model FLOPs per unit on {args.model}: {args.suite}/{args.item}, {args.steps} DDIM steps, CFG 7.5, "
+    base = rows["sd"][0] if "sd" in rows else None
+    lines = [f"### Model FLOPs per unit on {args.model}: {args.suite}/{args.item}, {args.steps} DDIM steps, CFG 7.5 on text models, "
              f"batch {args.batch_size}", "",
              f"date {datetime.now(timezone.utc).date()}; torch {torch.__version__}; torch's flop counter over one edit "
-             "call (original + edited image: every UNet, JVP/VJP, VAE and text-encoder call)", "",
-             "| method | options | GFLOP per unit | ratio to sd |", "|---|---|---:|---:|"]
-    for method, (flops, options) in rows.items():
+             "call (original + edited image: every UNet, JVP/VJP, VAE and text-encoder call); prepare = the one-off "
+             "`prepare` for this item (directions, calibration, training), once per run, not per unit", "",
+             "| method | options | GFLOP per unit | ratio to sd | prepare GFLOP |", "|---|---|---:|---:|---:|"]
+    for method, (flops, options, prepared) in rows.items():
         ratio = f"{flops / base:.3f}" if base else "n/a"
-        lines.append(f"| {method} | {', '.join(options) or 'defaults'} | {flops / 1e9:.4f} | {ratio} |")
+        lines.append(f"| {method} | {', '.join(options) or 'defaults'} | {flops / 1e9:.4f} | {ratio} | "
+                     f"{prepared / 1e9:.4f} |")
     return lines
 
 

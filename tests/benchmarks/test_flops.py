@@ -87,3 +87,30 @@ def test_text_methods_flops_match_their_unet_call_counts(tmp_path) -> None:
         margs = argparse.Namespace(**{**vars(args), "method": method, "option": options})
         counted = bench.edit_flops_per_image(margs, tmp_path, warm=True)
         assert counted == expected[method] + 2 * decode, (method, counted, expected[method] + 2 * decode)
+
+
+def test_prepare_flops_are_counted_once_and_zero_without_a_prepare(tmp_path) -> None:
+    """The table's `prepare` column: nothing for sd on tiny-sd (no prepare); for hspace-pca on the unconditional tiny model
+    at least its PCA samples' trajectories (n_samples x N UNet rows), counted apart from the per-unit edit."""
+    import argparse
+
+    from harness.models import load_backbone
+
+    n, n_samples = 3, 4
+    backbone = load_backbone("tiny-unet")
+    with bench.OpFlops() as c:
+        backbone.unet(torch.zeros((1, *backbone.state_shape())), 10)
+    row = c.total
+    base = argparse.Namespace(model="tiny-unet", suite="hspace_paper", item="smile", units=1, batch_size=1, steps=n,
+                              threads=1, compile=False)
+    counts = {}
+    for model, method, options in (("tiny-sd", "sd", []),
+                                   ("tiny-unet", "hspace-pca", [f"n_samples={n_samples}", "n_components=2", "component=0"])):
+        prepare = bench.OpFlops()
+        margs = argparse.Namespace(**{**vars(base), "model": model, "method": method, "option": options})
+        edit = bench.edit_flops_per_image(margs, tmp_path / method, prepare=prepare)
+        counts[method] = (edit, prepare.total)
+    assert counts["sd"][1] == 0
+    edit, prepared = counts["hspace-pca"]
+    assert prepared >= n_samples * n * row, (prepared, n_samples * n * row)
+    assert edit == 2 * n * row, (edit, 2 * n * row)  # the original and the edited pass, not the PCA samples
