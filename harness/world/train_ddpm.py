@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from harness.world._training import (
     WorldData, add_prediction_arg, add_resume_args, add_run_args, add_world_args, default_out, apply_run_args, build_scheduler, noised_and_target,
@@ -33,6 +32,24 @@ def build_unet(resolution: int):
         block_out_channels=(32, 64, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=None,
     )
+
+
+def pixel_weights(resolution: int, box: str | None, weight: float) -> torch.Tensor:
+    """(1, 1, R, R) loss weights: `weight` for pixels whose centres lie in `box` ("x0,x1,y0,y1", fractions of the
+    side), 1 elsewhere; all ones without a box."""
+    w = torch.ones((1, 1, resolution, resolution))
+    if box is not None and weight != 1.0:
+        x0, x1, y0, y1 = (float(v) for v in box.split(","))
+        c = (torch.arange(resolution) + 0.5) / resolution
+        inside = ((c[None, :] >= x0) & (c[None, :] <= x1) & (c[:, None] >= y0) & (c[:, None] <= y1))
+        w[0, 0][inside] = weight
+    return w
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of weight * (pred - target)^2 over pixels, normalised by the mean weight (equals F.mse_loss when the
+    weights are all one), so that the learning rate keeps its meaning."""
+    return ((pred - target) ** 2 * weight).mean() / weight.mean()
 
 
 def batch_images(step: int, batch_size: int, resolution: int, seed: int, world: str = "shapes") -> torch.Tensor:
@@ -93,6 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--save-every", type=int, default=500)
+    # Fine detail (faces: the mouth, wrinkles, brows) is decided at low noise and covers a few pixels; these two
+    # reallocate the loss towards it without changing its minimiser (each pixel's and each t's optimum is the
+    # same conditional mean): measured on faces-ddpm at step 8,500, clean held-out renders noised to t = 181 and
+    # denoised deterministically came back ambiguous in 12.5% of cases (64 renders), so the error starts there.
+    p.add_argument("--low-t-share", type=float, default=0.0,
+                   help="share of the batch whose t is drawn from [0, --low-t-max) instead of [0, 1000)")
+    p.add_argument("--low-t-max", type=int, default=400)
+    p.add_argument("--focus-box", type=str, default=None, metavar="X0,X1,Y0,Y1",
+                   help="a box (fractions of the side) whose pixels weigh --focus-weight in the loss")
+    p.add_argument("--focus-weight", type=float, default=1.0)
     add_run_args(p)
     add_resume_args(p)
     add_prediction_arg(p)
@@ -110,15 +137,20 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = build_scheduler(args.prediction)
     ema, alphas, opt, log, g = start_training(unet, scheduler, args, device)
     data = WorldData(args.world, args.resolution, args.seed, args.pool)
+    weight = pixel_weights(args.resolution, args.focus_box, args.focus_weight).to(device)
     start = time.time()
     step = args.start_step
     while step < args.start_step + args.max_steps and time.time() - start < args.minutes * 60:
         x0 = data.batch(step, args.batch_size)[0].to(device)
-        t = torch.randint(0, 1000, (x0.shape[0],), generator=g).to(device)
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=g)
         noise = torch.randn(x0.shape, generator=g).to(device)
+        if args.low_t_share > 0:
+            low = torch.rand(x0.shape[0], generator=g) < args.low_t_share
+            t = torch.where(low, torch.randint(0, args.low_t_max, (x0.shape[0],), generator=g), t)
+        t = t.to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         x_t, target = noised_and_target(x0, noise, a, args.prediction)
-        loss = F.mse_loss(unet(x_t, t).sample, target)
+        loss = weighted_mse(unet(x_t, t).sample, target, weight)
         lr, decay = rates(args, step)
         optimiser_step(opt, unet, loss, lr, ema, decay)
         step += 1

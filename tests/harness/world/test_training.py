@@ -322,3 +322,24 @@ def test_unconditional_sampler_matches_diffusers_ddim_pipeline(tmp_path, eta):
     assert np.abs(ours / 255.0 - ref).max() <= 1 / 255 + 1e-6
     if eta:
         assert not np.array_equal(ours, check.sample_unconditional(tmp_path / "ddpm", 3, 4, seed=7, eta=0.0))
+
+
+def test_focus_weights_and_weighted_mse_against_a_by_hand_loss() -> None:
+    """--focus-box/--focus-weight: the box's pixels (centres inside) weigh w, the rest 1; the loss is the
+    weighted mean normalised by the mean weight, F.mse_loss itself without a box."""
+    import torch.nn.functional as F
+
+    from harness.world.train_ddpm import pixel_weights, weighted_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn((2, 3, 8, 8), generator=g), torch.randn((2, 3, 8, 8), generator=g)
+    assert torch.allclose(weighted_mse(pred, target, pixel_weights(8, None, 4.0)), F.mse_loss(pred, target))
+    w = pixel_weights(8, "0.25,0.5,0.0,0.25", 3.0)
+    # pixel centres (i + 0.5) / 8 inside [0.25, 0.5] x [0, 0.25]: columns 2, 3 and rows 0, 1
+    expected_w = torch.ones((8, 8))
+    expected_w[0:2, 2:4] = 3.0
+    assert torch.equal(w[0, 0], expected_w)
+    err = (pred - target) ** 2
+    by_hand = sum(float(err[b, c, i, j]) * float(expected_w[i, j]) for b in range(2) for c in range(3)
+                  for i in range(8) for j in range(8)) / float(expected_w.sum() * 6)
+    assert abs(float(weighted_mse(pred, target, w)) - by_hand) < 1e-5
