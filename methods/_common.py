@@ -3,17 +3,19 @@ an image-to-image method edits, and the condition a method continues with after 
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Hashable, Literal, Sequence, TypeVar
 
 import torch
 
 from harness.config import SamplerConfig
-from harness.diffusion import Schedule, Trace, denoise, initial_noise, make_condition
+from harness.diffusion import Schedule, Trace, denoise, initial_noise, make_condition, strength_start
 from harness.diffusion.backbone import Backbone
 from harness.diffusion.sampler import Condition, DeltaH
 from harness.errors import ConfigError
 from harness.hashing import stable_seed
 from methods.base import EditOutput, EditRequest
+
+K = TypeVar("K", bound=Hashable)
 
 
 def start_noise(backbone: Backbone, requests: Sequence[EditRequest],
@@ -105,7 +107,27 @@ def edit_prompts(requests: Sequence[EditRequest]) -> list[str]:
     return [r.item.target_prompt or r.item.prompt for r in requests]
 
 
+def scaled_fraction(fraction: float, strength: float) -> float:
+    """An image-to-image noise fraction of the grid (SDEdit's t₀, DiffEdit's encode ratio) scaled by a request's
+    strength: |strength|·fraction, clipped to [0, 1]. The sign is not used (a prompt edit has no reverse); strength 1
+    gives `fraction` exactly (the product with 1.0 is exact)."""
+    if not math.isfinite(strength):
+        raise ValueError(f"strength {strength} is not a finite number")
+    return min(1.0, abs(strength) * fraction)
 
+
+def run_start(num_steps: int, fraction: float, what: str) -> int:
+    """`strength_start`'s grid index for a fraction in [0, 1] (the last ⌊N·fraction⌋ steps are run), or num_steps when
+    that runs no step (fraction 0, or N·fraction < 1): nothing is re-run, the input is left as it is."""
+    return strength_start(num_steps, fraction, what) if int(num_steps * fraction) >= 1 else num_steps
+
+
+def index_groups(keys: Sequence[K]) -> dict[K, list[int]]:
+    """The positions of each distinct key, keys in first-seen order: a batch split by a per-request setting."""
+    out: dict[K, list[int]] = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(i)
+    return out
 
 
 def per_request_delta(directions: torch.Tensor, strengths: Sequence[float]) -> torch.Tensor:

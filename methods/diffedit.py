@@ -26,10 +26,18 @@ tests/methods/test_diffedit.py):
 - decoding is deterministic DDIM (η = 0) whatever the sampler's η: encoding-decoding needs it;
 - CFG scales: the run's `guidance_scale` unless set; a scale of 1 is the plain conditional prediction (diffusers
   also skips CFG below 1; the harness treats only exactly 1 as "no CFG").
-Request strength is not used (the edit is all or nothing); configure `strengths: [1.0]`. `info` records the
-mask's share of the image (`mask_fraction`).
+Request strength s scales the encoding ratio, DiffEdit's inpainting strength (diffusers' `inpaint_strength`, the
+paper's r: how far the image is encoded before the masked decoding, so how freely the masked region may change):
+the request is encoded and decoded with r(s) = min(1, |s|·r), so strength 1 is the configured `encode_ratio`
+exactly. The mask is computed as configured whatever s (`mask_encode_strength` is not scaled). The sign is not used
+(a prompt edit has no reverse): −s edits as s. When r(s) re-runs no step (s = 0, or N·r(s) < 1) there is no edit:
+the edited image is the unit's original (for a real image, the original the harness pairs it with), and
+`edit_states` leaves such a request's state at its input. Requests of one batch with different r(s) are encoded
+and decoded in groups of equal start step (the mask is per request anyway), so a request's result does not depend
+on its batch-mates. `info` records the mask's share of the image (`mask_fraction`), also for a request not edited.
 
-Options: mask_encode_strength (0.5), n_masks (10), mask_threshold_ratio (ρ, 3.0), encode_ratio (r, 0.8),
+Options: mask_encode_strength (0.5), n_masks (10), mask_threshold_ratio (ρ, 3.0), encode_ratio (r at strength 1,
+0.8; a grid too short for it, ⌊N·r⌋ = 0, is refused naming it, whatever the strengths),
 background_step ("same" | "previous", "same"), inversion_prompt ("none" | "source", "none"), inversion_guidance
 (1.0), guidance_scale (null = the sampler's), mask_guidance_scale (null = the sampler's).
 """
@@ -47,7 +55,9 @@ from harness.diffusion import (
 )
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
-from methods._common import edit_prompts, pairs, request_noise, sample_states, source_states
+from methods._common import (
+    edit_prompts, index_groups, pairs, request_noise, run_start, sample_states, scaled_fraction, source_states,
+)
 from methods.base import EditMethod, EditOutput, EditRequest, register_method
 
 
@@ -110,17 +120,31 @@ class DiffEdit(EditMethod):
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
              sampler: SamplerConfig) -> list[EditOutput]:
         generated = sample_states(backbone, requests, sampler)
-        mask, edited = self.edit_states(backbone, requests, source_states(requests, generated), sampler)
+        mask, states = self.edit_states(backbone, requests, source_states(requests, generated), sampler)
+        originals = backbone.decode(generated)
+        edited = originals.clone()  # a request that re-runs no step is not edited
+        run = [k for k, start in enumerate(self.starts(requests, sampler.num_steps)) if start < sampler.num_steps]
+        if run:
+            rows = torch.tensor(run, device=states.device)
+            edited[rows.to(edited.device)] = backbone.decode(states[rows])
         info = [{"mask_fraction": float(m.mean())} for m in mask]
-        return pairs(backbone.decode(generated), backbone.decode(edited), info)
+        return pairs(originals, edited, info)
+
+    def starts(self, requests: Sequence[EditRequest], num_steps: int) -> list[int]:
+        """Each request's start step: the grid index of its encoding ratio r(s) (num_steps: no step re-run)."""
+        opts: DiffEditOptions = self.options
+        strength_start(num_steps, opts.encode_ratio, "encode_ratio")  # refuses a grid too short for r itself
+        return [run_start(num_steps, scaled_fraction(opts.encode_ratio, r.strength), "encode_ratio x strength")
+                for r in requests]
 
     def edit_states(self, backbone: Backbone, requests: Sequence[EditRequest], x0: torch.Tensor,
                     sampler: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask (B, 1, H, W), edited state x_0) for the images x0 (B, C, H, W)."""
+        """(mask (B, 1, H, W), edited state x_0) for the images x0 (B, C, H, W); a request whose strength re-runs no
+        step keeps its x0."""
         opts: DiffEditOptions = self.options
         n = sampler.num_steps
         mask_step = strength_start(n, opts.mask_encode_strength, "mask_encode_strength")
-        start = strength_start(n, opts.encode_ratio, "encode_ratio")
+        starts = self.starts(requests, n)
         schedule = Schedule.from_backbone(backbone, n)
         source, target = [r.item.prompt for r in requests], edit_prompts(requests)
         guidance = sampler.guidance_scale if opts.guidance_scale is None else opts.guidance_scale
@@ -128,8 +152,21 @@ class DiffEdit(EditMethod):
         noise = request_noise(requests, backbone.state_shape(), "diffedit-mask", n=opts.n_masks, device=backbone.device)
         mask = diffedit_mask(backbone, schedule, x0, source, target, noise, mask_step, mask_guidance,
                              opts.mask_threshold_ratio)
+        edited = x0.float().clone()
+        for start, rows in index_groups(starts).items():
+            if start == n:
+                continue
+            idx = torch.tensor(rows, device=x0.device)
+            edited[idx] = self._encode_decode(backbone, schedule, x0[idx], mask[idx], [source[k] for k in rows],
+                                              [target[k] for k in rows], start, guidance)
+        return mask, edited
 
-        inv_prompts = source if opts.inversion_prompt == "source" else [""] * len(requests)
+    def _encode_decode(self, backbone: Backbone, schedule: Schedule, x0: torch.Tensor, mask: torch.Tensor,
+                       source: list[str], target: list[str], start: int, guidance: float) -> torch.Tensor:
+        """Steps 2 and 3 of the module docstring for requests that share the start step `start`."""
+        opts: DiffEditOptions = self.options
+        n = len(schedule)
+        inv_prompts = source if opts.inversion_prompt == "source" else [""] * len(source)
         trace = Trace(record_h=False)
         x_start = ddim_invert(backbone, x0, schedule, make_condition(backbone, inv_prompts, opts.inversion_guidance),
                               trace=trace, start=start)
@@ -141,6 +178,5 @@ class DiffEdit(EditMethod):
         def blend(i: int, y: torch.Tensor) -> torch.Tensor:
             return mask * y + (1 - mask) * encoded[i + lag]
 
-        edited = denoise(backbone, x_start, schedule, make_condition(backbone, target, guidance), start=start,
-                         after_step=blend)
-        return mask, edited
+        return denoise(backbone, x_start, schedule, make_condition(backbone, target, guidance), start=start,
+                       after_step=blend)

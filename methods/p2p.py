@@ -49,12 +49,28 @@ Conventions (checked against google/prompt-to-prompt's `ptp_utils.py`, `seq_alig
   official combination on the raw output for ε- and v-prediction models), not diffusers' scheduler.step;
 - real images start from the harness's DDIM inversion x_T, without null-text inversion (Mokady et al.), so the
   source branch is the DDIM reconstruction.
-Request strength is not used (the edit is all or nothing); configure `strengths: [1.0]`. `info` records the edit
-kind (`replace` 1 / 0) and the number of changed target tokens.
+Request strength s sets how long the attention control lasts, the knob the paper gives for fidelity to the source
+against freedom of the edit (the injection steps τ; the official `cross_replace_steps` / `self_replace_steps`): the
+steps left uncontrolled at the end of the grid, 1 − hi, are scaled by s. A request controls the windows
+[lo, hi(s)] with hi(s) = clip(1 − |s|·(1 − hi), lo, 1), for the configured cross and self windows [lo, hi] alike:
+- s = 1: the configured windows exactly (hi(1) = hi, taken as configured, not recomputed in floating point);
+- s < 1: longer control, closer to the source image; s = 0 controls every step from lo on (hi(0) = 1), which is
+  still an edit (the target branch under full control has the target's words, e.g. the swapped word), so strength 0
+  is not "no edit" here;
+- s > 1: shorter control; from s ≥ (1 − lo)/(1 − hi) the window collapses to [lo, lo), empty: with lo = 0 for both
+  windows that is the target prompt's plain generation from the same x_T. A window ending at hi = 1 is not changed
+  by any strength;
+- the sign is not used (−s controls as s): shortening control has no reverse direction.
+hi(s) is a fraction like the configured one and is rounded to steps by the same official rule below (⌊hi(s)·(N+1)⌋
+for the cross window, ⌊hi(s)·N⌋ for self), so strength s is exactly the official code run with
+`cross_replace_steps` / `self_replace_steps` = (lo, hi(s)). Re-weighting and local blending are not scaled. Requests
+of one batch may have different strengths: the windows are per request (each target row is controlled in its own
+window inside the one UNet batch), so a request's result does not depend on its batch-mates.
+`info` records the edit kind (`replace` 1 / 0) and the number of changed target tokens.
 
-Options: edit ("auto" | "replace" | "refine", "auto"), cross_replace ([lo, hi], [0, 0.8]), self_replace ([lo, hi],
-[0, 0.4]), self_replace_max_tokens (256), reweight (1.0), reweight_words (list of words of R; empty = the changed
-words), local_blend (false), blend_threshold (0.3).
+Options: edit ("auto" | "replace" | "refine", "auto"), cross_replace ([lo, hi] at strength 1, [0, 0.8]), self_replace
+([lo, hi] at strength 1, [0, 0.4]), self_replace_max_tokens (256), reweight (1.0), reweight_words (list of words of
+R; empty = the changed words), local_blend (false), blend_threshold (0.3).
 """
 from __future__ import annotations
 
@@ -240,6 +256,18 @@ def edit_plan(tokenizer: Any, source: str, target: str, opts: P2POptions, length
     return EditPlan(kind, mix, keep, scale, indicator(changed_src), indicator(changed_tgt))
 
 
+def strength_window(window: tuple[float, float], strength: float) -> tuple[float, float]:
+    """The window [lo, hi(s)] a request of strength s controls: hi(s) = clip(1 − |s|·(1 − hi), lo, 1) (module
+    docstring); strength ±1 returns the configured window itself."""
+    if not math.isfinite(strength):
+        raise ValueError(f"strength {strength} is not a finite number")
+    lo, hi = window
+    s = abs(strength)
+    if s == 1.0:  # 1 − (1 − hi) need not round back to hi: keep the configured fraction exactly
+        return lo, hi
+    return lo, min(1.0, max(lo, 1.0 - s * (1.0 - hi)))
+
+
 def window_steps(window: tuple[float, float], num_steps: int, rows: int) -> list[bool]:
     """Whether each grid step 0..num_steps−1 is inside a window of fractions, rounded as ⌊f·rows⌋ (the official
     cross window has rows = N + 1, the self window rows = N)."""
@@ -253,18 +281,25 @@ class PromptToPromptControl:
     """The attention controller of one batch of P2P edits (one instance per trajectory; `step` set per UNet call).
 
     The UNet batch is `parts` blocks (uncond, cond; or cond only) of 2B rows: the B source branches, then the B
-    target branches. `record(layer, is_cross, step, before, after)`, when set, receives each call's
-    probabilities before and after control (tests)."""
+    target branches. cross_steps[b][i] / self_steps[b][i]: whether request b's target is controlled at grid step i
+    (per request: requests of one batch may have different strengths, so different windows).
+    `record(layer, is_cross, step, before, after)`, when set, receives each call's probabilities before and after
+    control (tests)."""
 
-    def __init__(self, plans: Sequence[EditPlan], parts: int, cross_steps: Sequence[bool], self_steps: Sequence[bool],
-                 self_max_tokens: int, blend: bool = False) -> None:
+    def __init__(self, plans: Sequence[EditPlan], parts: int, cross_steps: Sequence[Sequence[bool]],
+                 self_steps: Sequence[Sequence[bool]], self_max_tokens: int, blend: bool = False) -> None:
+        if len(cross_steps) != len(plans) or len(self_steps) != len(plans):
+            raise ValueError(f"{len(plans)} plans need as many cross and self step lists, got {len(cross_steps)} "
+                             f"and {len(self_steps)}")
         self.plans, self.parts, self.batch = list(plans), parts, len(plans)
         self.mix = torch.stack([p.mix for p in plans])  # (B, L, L)
         self.keep = torch.stack([p.keep for p in plans])  # (B, L)
         self.scale = torch.stack([p.scale for p in plans])
         self.words = torch.stack([torch.stack([p.source_changed for p in plans]),
                                   torch.stack([p.target_changed for p in plans])])  # (2, B, L)
-        self.cross_steps, self.self_steps, self.self_max_tokens = list(cross_steps), list(self_steps), self_max_tokens
+        self.cross_steps = [list(steps) for steps in cross_steps]
+        self.self_steps = [list(steps) for steps in self_steps]
+        self.self_max_tokens = self_max_tokens
         self.blend = blend
         self.step = 0
         self.maps: dict[int, torch.Tensor] = {}
@@ -281,12 +316,16 @@ class PromptToPromptControl:
         view = probs.reshape(self.parts, 2, self.batch, heads, queries, keys)
         src, tgt = view[-1, 0], view[-1, 1]  # conditional rows only: the official default
         new_tgt = None
-        if is_cross and self.cross_steps[self.step]:
+        rows = [steps[self.step] for steps in (self.cross_steps if is_cross else self.self_steps)]
+        if is_cross and any(rows):
             dt = probs.dtype
             mixed = src @ self.mix.to(probs.device, dt)[:, None] + tgt * self.keep.to(probs.device, dt)[:, None, None]
             new_tgt = mixed * self.scale.to(probs.device, dt)[:, None, None]
-        elif not is_cross and self.self_steps[self.step] and keys <= self.self_max_tokens:
+        elif not is_cross and any(rows) and keys <= self.self_max_tokens:
             new_tgt = src
+        if new_tgt is not None and not all(rows):  # requests outside their window keep their own maps
+            inside = torch.tensor(rows, device=probs.device)[:, None, None, None]
+            new_tgt = torch.where(inside, new_tgt, tgt)
         out = probs
         if new_tgt is not None:
             view = view.clone()
@@ -332,16 +371,16 @@ class PromptToPrompt(EditMethod):
 
     def control(self, backbone: Backbone, requests: Sequence[EditRequest],
                 sampler: SamplerConfig) -> PromptToPromptControl:
-        """The controller of one batch: its requests' plans and the windows on the sampler's grid."""
+        """The controller of one batch: its requests' plans and their windows (per strength) on the sampler's grid."""
         opts: P2POptions = self.options
         length = backbone.encode_text([""]).shape[1]
         plans = [edit_plan(backbone.tokenizer, r.item.prompt, t, opts, length)
                  for r, t in zip(requests, edit_prompts(requests))]
         n = sampler.num_steps
         parts = 2 if sampler.guidance_scale != 1.0 else 1
-        return PromptToPromptControl(plans, parts, window_steps(opts.cross_replace, n, n + 1),
-                                     window_steps(opts.self_replace, n, n), opts.self_replace_max_tokens,
-                                     blend=opts.local_blend)
+        cross = [window_steps(strength_window(opts.cross_replace, r.strength), n, n + 1) for r in requests]
+        self_ = [window_steps(strength_window(opts.self_replace, r.strength), n, n) for r in requests]
+        return PromptToPromptControl(plans, parts, cross, self_, opts.self_replace_max_tokens, blend=opts.local_blend)
 
     def run(self, backbone: Backbone, requests: Sequence[EditRequest], sampler: SamplerConfig,
             control: PromptToPromptControl) -> tuple[torch.Tensor, torch.Tensor]:

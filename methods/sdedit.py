@@ -15,12 +15,20 @@ Conventions (checked against diffusers' `StableDiffusionImg2ImgPipeline` in test
   image's x_T is its inversion, and SDEdit's premise is that the noise is independent of the image.
 - Guidance: the run's CFG scale unless `guidance_scale` is set (the paper's models are unconditional or
   class-conditional; CFG with the target prompt is the diffusers / text-editing usage).
-- Request strength is not used: t₀ is the method's knob (`options.t0`); configure `strengths: [1.0]`. The
-  edit at any strength is the SDEdit image, so strength 0 is an edit too.
+- Request strength s scales t₀ (the paper's own realism-faithfulness knob): the request is edited with
+  t₀(s) = min(1, |s|·t0), so strength 1 is the configured t0 exactly and a `strengths:` sweep traces the
+  paper's trade-off (small s: close to the input; large s: free to follow the target prompt, up to t₀ = 1,
+  the whole grid re-run from the noised input). The sign is not used (noising has no reverse direction):
+  −s edits as s. When t₀(s) re-runs no step (s = 0, or N·t₀(s) < 1) there is no edit: the edited image is
+  the unit's original (for a real image, the original the harness pairs it with), and `info` records
+  `sdedit_start_t` null. `info.sdedit_start_t` is otherwise the timestep the request was noised to.
+  Requests of one batch with different t₀(s) are run in groups of equal start step, so a request's result
+  does not depend on its batch-mates.
 
 Options:
-- t0 (float in (0, 1], 0.5): the fraction of the grid that is re-run (the paper's t₀ ∈ [0.3, 0.6] for
-  stroke inputs; diffusers' img2img default is 0.8).
+- t0 (float in (0, 1], 0.5): the fraction of the grid that is re-run at strength 1 (the paper's t₀ ∈ [0.3, 0.6]
+  for stroke inputs; diffusers' img2img default is 0.8). A grid too short for t0 itself (⌊N·t0⌋ = 0) is
+  refused (ValueError naming t0), whatever the strengths.
 - guidance_scale (float >= 0 or null, null): CFG scale of the denoising; null = the sampler's.
 """
 from __future__ import annotations
@@ -29,11 +37,16 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
+
 from harness.config import SamplerConfig
 from harness.diffusion import Schedule, denoise, make_condition, noise_to, strength_start
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
-from methods._common import edit_prompts, pairs, request_noise, sample_states, source_states, start_noise
+from methods._common import (
+    edit_prompts, index_groups, pairs, request_noise, run_start, sample_states, scaled_fraction, source_states,
+    start_noise,
+)
 from methods.base import EditMethod, EditOutput, EditRequest, register_method
 
 
@@ -57,15 +70,25 @@ class SDEdit(EditMethod):
     def edit(self, backbone: Backbone, state: dict, requests: Sequence[EditRequest],
              sampler: SamplerConfig) -> list[EditOutput]:
         opts: SDEditOptions = self.options
-        start = strength_start(sampler.num_steps, opts.t0, "t0")  # refuses a grid too short first
-        schedule = Schedule.from_backbone(backbone, sampler.num_steps)
+        n = sampler.num_steps
+        strength_start(n, opts.t0, "t0")  # refuses a grid too short for the configured t0 first
+        starts = [run_start(n, scaled_fraction(opts.t0, r.strength), "t0 x strength") for r in requests]
+        schedule = Schedule.from_backbone(backbone, n)
         generated = sample_states(backbone, requests, sampler)
+        originals = backbone.decode(generated)
         x0 = source_states(requests, generated)
         eps = request_noise(requests, backbone.state_shape(), "sdedit", device=backbone.device)[:, 0]
         scale = sampler.guidance_scale if opts.guidance_scale is None else opts.guidance_scale
-        cond = make_condition(backbone, edit_prompts(requests), scale)
+        prompts = edit_prompts(requests)
         _, noises = start_noise(backbone, requests, sampler)  # z_t of the steps re-run when η > 0
-        edited = denoise(backbone, noise_to(schedule, start, x0, eps), schedule, cond, start=start,
-                         eta=sampler.eta, noises=noises)
-        info = [{"sdedit_start_t": schedule.timesteps[start]} for _ in requests]
-        return pairs(backbone.decode(generated), backbone.decode(edited), info)
+        edited = originals.clone()  # a request that re-runs no step is not edited
+        for start, rows in index_groups(starts).items():
+            if start == n:
+                continue
+            idx = torch.tensor(rows, device=x0.device)
+            cond = make_condition(backbone, [prompts[k] for k in rows], scale)
+            x = denoise(backbone, noise_to(schedule, start, x0[idx], eps[idx]), schedule, cond, start=start,
+                        eta=sampler.eta, noises=None if noises is None else noises[idx.to(noises.device)])
+            edited[idx.to(edited.device)] = backbone.decode(x)
+        info = [{"sdedit_start_t": schedule.timesteps[start] if start < n else None} for start in starts]
+        return pairs(originals, edited, info)

@@ -7,7 +7,7 @@ Helpers (import them: `from tests.methods.conftest import to_uint8, micro_unet, 
 - `run_through_harness` / `assert_strength_zero_unedited`: one method end to end through the in-process
   executor, every unit done.
 Fixtures (module scope, so each test file builds its own copies): `one_thread` (opt in with
-`pytestmark = pytest.mark.usefixtures("one_thread")`), `micro`, `tiny_unet`, `tiny_sd`.
+`pytestmark = pytest.mark.usefixtures("one_thread")`), `micro`, `tiny_unet`, `tiny_sd`, `sd64` (tiny-sd in float64).
 """
 from __future__ import annotations
 
@@ -93,3 +93,14 @@ def tiny_sd() -> Backbone:
     from harness.models import load_backbone
 
     return load_backbone("tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def sd64(tiny_sd) -> Backbone:
+    """tiny-sd in float64 on private modules: image-level comparisons free of float32 kernel rounding (the DDIM state
+    stays float32, harness.diffusion.sampler)."""
+    import copy
+    from dataclasses import replace
+
+    modules = {k: copy.deepcopy(getattr(tiny_sd, k)).to(torch.float64) for k in ("unet", "vae", "text_encoder")}
+    return replace(tiny_sd, scheduler=copy.deepcopy(tiny_sd.scheduler), _text_cache={}, **modules)

@@ -75,7 +75,8 @@ OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "asyrp": {"": {"n_train_images": 1, "clip": {"backend": "transformers", "model": str(REPO_ROOT / "checkpoints/world-clip")}},
               "boost": {"n_train_images": 1, "t_boost": 0.5, "strength_scale": "relative",
                         "clip": {"backend": "transformers", "model": str(REPO_ROOT / "checkpoints/world-clip")}}},
-    # The 3-step grid: cross window [0, 0.8] is steps 0-2 (int(0.8 * 4) = 3), self [0, 0.4] step 0.
+    # The 3-step grid at strength ±1: cross window [0, 0.8] is steps 0-2 (int(0.8 * 4) = 3), self [0, 0.4] step 0;
+    # at strength 2 (hi(s) = 1 - 2 (1 - hi)): cross [0, 0.6] steps 0-1, self none.
     "p2p": {"": {}, "reweight-blend": {"reweight": 2.0, "local_blend": True}},
 }
 
@@ -99,9 +100,7 @@ FLOAT32_ONLY: dict[str, tuple[float, str]] = {}
 STRENGTH_ZERO_EDITS = {
     "avi": "γ = 0 keeps the x block U_x diag(S) V_xᵀ, not x itself",
     "sd": "strength is not used: the edit is the target prompt's regeneration",
-    "sdedit": "strength is not used: t0 is the knob, and the edit is the SDEdit image of the input",
-    "diffedit": "strength is not used: the edit is the masked decoding with the target prompt",
-    "p2p": "strength is not used: the edit is the target prompt's branch under attention control",
+    "p2p": "strength 0 controls the attention at every step, which still edits: the target branch keeps its own words",
 }
 
 

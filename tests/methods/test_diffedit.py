@@ -1,6 +1,9 @@
 """DiffEdit against diffusers' StableDiffusionDiffEditPipeline on tiny-sd (mask exactly, image to a float64-derived
-tolerance), the paper's background convention, and its options."""
+tolerance), the paper's background convention, its options, and the strength knob (encode_ratio scaled per
+request)."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -100,3 +103,65 @@ def test_mask_is_per_request(tiny_sd, request_) -> None:
 def test_bad_options_are_refused(options) -> None:
     with pytest.raises(ConfigError):
         from_dict(DiffEditOptions, options, prefix="options")
+
+
+# -- the strength knob: r(s) = min(1, |s| r) ------------------------------------------------------------------------
+
+def _pair(request: EditRequest, strength: float) -> list[EditRequest]:
+    """A generated sample and the real image, at `strength`."""
+    return [EditRequest("a", load_suite("hspace_paper").item("smile"), strength, 11), replace(request, strength=strength)]
+
+
+def _edit(backbone, requests: list[EditRequest], **options):
+    return DiffEdit(from_dict(DiffEditOptions, {"n_masks": 2, **options}, prefix="options")).edit(
+        backbone, {}, requests, SAMPLER)
+
+
+def test_strength_scales_encode_ratio(tiny_sd, request_) -> None:
+    """Strength s with encode_ratio r is strength 1 with encode_ratio min(1, |s| r): the same images and info, byte for
+    byte (the mask is not scaled)."""
+    r = 0.8
+    configured = _edit(tiny_sd, _pair(request_, 1.0), encode_ratio=r)
+    for s in (0.5, 1.5, -0.5):
+        scaled = _edit(tiny_sd, _pair(request_, s), encode_ratio=r)
+        expected = _edit(tiny_sd, _pair(request_, 1.0), encode_ratio=min(1.0, abs(s) * r))
+        for got, want, base in zip(scaled, expected, configured):
+            assert torch.equal(got.edited, want.edited) and torch.equal(got.original, want.original), s
+            assert got.info == want.info == base.info, s  # the same mask whatever the strength
+            # The strength does change the edit (r 0.4 and 1 against 0.8), so the comparison above can fail.
+            assert not torch.allclose(got.edited, base.edited, atol=1e-3), s
+
+
+def test_strength_zero_returns_the_original(tiny_sd, request_) -> None:
+    """No step re-run (s = 0, or N |s| r < 1: 0.08 of 10 steps) is no edit, with the mask still recorded; one step
+    (0.16 of 10) is an edit (a small one: the last step, in the masked region only)."""
+    base = _edit(tiny_sd, _pair(request_, 1.0))
+    for s in (0.0, 0.1):
+        for out, ref in zip(_edit(tiny_sd, _pair(request_, s)), base):
+            assert torch.equal(out.edited, out.original), s
+            assert out.info == ref.info
+        method = DiffEdit(from_dict(DiffEditOptions, {"n_masks": 2}, prefix="options"))
+        x0 = request_.x_0[None].float()
+        _, state = method.edit_states(tiny_sd, [replace(request_, strength=s)], x0, SAMPLER)
+        assert torch.equal(state, x0)  # edit_states leaves the input as it is
+    for out in _edit(tiny_sd, _pair(request_, 0.2)):
+        assert not torch.equal(out.edited, out.original)
+
+
+def test_mixed_strengths_batch_equals_per_request_runs(sd64) -> None:
+    """Requests of different strengths in one batch: each gets the image it gets alone (float64 model: the batch
+    changes float32 rounding only, far under 1e-6)."""
+    image, _ = load_image(ITEM.image, sd64.resolution)
+    real = EditRequest("r", ITEM, 1.5, 8, x_T=torch.zeros(sd64.state_shape()), x_0=sd64.encode(image[None])[0])
+    paper = load_suite("hspace_paper")
+    batch = [EditRequest("a", paper.item("smile"), 0.5, 11), real, EditRequest("b", paper.item("gender"), 0.0, 12),
+             EditRequest("c", paper.item("smile"), 1.0, 14)]
+    together = _edit(sd64, batch)
+    for request, out in zip(batch, together):
+        (alone,) = _edit(sd64, [request])
+        torch.testing.assert_close(out.edited, alone.edited, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.original, alone.original, rtol=0, atol=1e-6)
+        assert out.info == alone.info
+    # Another strength's image is far outside that tolerance: the comparison can fail.
+    (other,) = _edit(sd64, [replace(batch[0], strength=1.0)])
+    assert not torch.allclose(together[0].edited, other.edited, atol=1e-3)

@@ -3,10 +3,11 @@
 The official controllers are written out here independently, in their own form (`AttentionReplace`'s einsum,
 `AttentionRefine`'s gather, `AttentionReweight`'s equaliser, `LocalBlend`'s mask, the N+1-row cross window),
 with mappers derived by hand from the token ids, and compared with what the method's controller did to the
-recorded attention probabilities; the processor itself is compared with diffusers' own (float64)."""
+recorded attention probabilities; the processor itself is compared with diffusers' own (float64). The strength knob
+(the windows' end per request) is checked against its closed form and batch by batch."""
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,22 +20,13 @@ from harness.schema import from_dict
 from harness.suites import SuiteItem, load_suite
 from methods._common import generate, target_condition
 from methods.base import EditRequest
-from methods.p2p import P2POptions, PromptToPrompt, align_tokens, edit_plan, window_steps
+from methods.p2p import P2POptions, PromptToPrompt, align_tokens, edit_plan, strength_window, window_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAMPLER = SamplerConfig(num_steps=6, eta=0.0, guidance_scale=7.5)
 PAPER = load_suite("hspace_paper")
 SMILE, GENDER = PAPER.item("smile"), PAPER.item("gender")  # refinement (an inserted word), word swap
-
-
-@pytest.fixture(scope="module")
-def sd64(tiny_sd):
-    """tiny-sd in float64 on private modules: image-level comparisons free of float32 kernel rounding."""
-    from dataclasses import replace
-
-    modules = {k: copy.deepcopy(getattr(tiny_sd, k)).to(torch.float64) for k in ("unet", "vae", "text_encoder")}
-    return replace(tiny_sd, scheduler=copy.deepcopy(tiny_sd.scheduler), _text_cache={}, **modules)
 
 
 def _method(**options) -> PromptToPrompt:
@@ -293,6 +285,68 @@ def test_local_blend_is_the_official_mask(tiny_sd) -> None:
     outside = (mask == 0).expand_as(target)
     assert torch.equal(target[outside], source[outside])  # x_t = x_t[:1] + mask * (x_t - x_t[:1])
     assert not torch.allclose(target[~outside], source[~outside], atol=1e-4)
+
+
+# -- the strength knob: windows [lo, hi(s)], hi(s) = clip(1 − |s|(1 − hi), lo, 1) ------------------------------------
+
+def _hi(window: tuple[float, float], s: float) -> float:
+    """The closed form, written out independently of the method."""
+    lo, hi = window
+    return hi if abs(s) == 1 else min(1.0, max(lo, 1 - abs(s) * (1 - hi)))
+
+
+def test_strength_sets_each_requests_windows(tiny_sd) -> None:
+    """Per request, on the 6-step grid (cross rounds with 7 rows, self with 6), defaults [0, 0.8] and [0, 0.4]."""
+    strengths = [1.0, 0.5, 2.0, 0.0, 5.0, -2.0]
+    requests = [EditRequest(str(k), SMILE, s, 3) for k, s in enumerate(strengths)]
+    control = _method().control(tiny_sd, requests, SAMPLER)
+    on = lambda k: [True] * k + [False] * (6 - k)  # noqa: E731
+    # cross: int(0.8 * 7) = 5; hi 0.9: int(6.3) = 6; hi 0.6: int(4.2) = 4; hi 1: all; 1 − 5 x 0.2 = 0: none.
+    assert control.cross_steps == [on(5), on(6), on(4), on(6), on(0), on(4)]
+    # self: int(0.4 * 6) = 2; hi 0.7: int(4.2) = 4; 1 − 2 x 0.6 < 0: clipped to lo = 0, none; hi 1: all.
+    assert control.self_steps == [on(2), on(4), on(0), on(6), on(0), on(0)]
+    # Clipping at lo > 0, and the configured fraction kept exactly at strength 1.
+    assert strength_window((0.25, 0.5), 3.0) == (0.25, 0.25) and strength_window((0.1, 0.3), 1.0) == (0.1, 0.3)
+    assert strength_window((0.1, 0.3), -1.0) == (0.1, 0.3) and strength_window((0.1, 0.3), 0.0) == (0.1, 1.0)
+
+
+def test_strength_is_the_end_of_the_windows(tiny_sd) -> None:
+    """Strength s with windows [lo, hi] is strength 1 with windows [lo, hi(s)] (the closed form): the same images, byte
+    for byte, in a batch with a word swap and a refinement."""
+    cross, self_ = (0.2, 0.7), (0.1, 0.5)
+    items = [(SMILE, 3), (GENDER, 4)]
+    configured = _method(cross_replace=cross, self_replace=self_).edit(
+        tiny_sd, {}, [EditRequest("a", item, 1.0, seed) for item, seed in items], SAMPLER)
+    changed = 0
+    for s in (0.0, 0.5, 2.0, -0.5):
+        scaled = _method(cross_replace=cross, self_replace=self_).edit(
+            tiny_sd, {}, [EditRequest("a", item, s, seed) for item, seed in items], SAMPLER)
+        windows = {"cross_replace": [cross[0], _hi(cross, s)], "self_replace": [self_[0], _hi(self_, s)]}
+        expected = _method(**windows).edit(tiny_sd, {}, [EditRequest("a", item, 1.0, seed) for item, seed in items],
+                                           SAMPLER)
+        for got, want, base in zip(scaled, expected, configured):
+            assert torch.equal(got.edited, want.edited) and torch.equal(got.original, want.original), s
+            assert torch.equal(got.original, base.original)
+            assert not torch.equal(got.edited, got.original), s  # every strength edits, 0 included
+            changed += not torch.allclose(got.edited, base.edited, atol=1e-4)
+    assert changed == 8, "every strength here changes some window, so the image: the comparison above can fail"
+
+
+def test_mixed_strengths_batch_equals_per_request_runs(sd64) -> None:
+    """Requests of different strengths in one UNet batch: each gets the image it gets alone (float64 model: the batch
+    changes float32 rounding only, far under 1e-6), with local blending on."""
+    batch = [EditRequest("a", SMILE, 0.5, 3), EditRequest("b", GENDER, 2.0, 4), EditRequest("c", SMILE, 1.0, 5),
+             EditRequest("d", GENDER, 0.0, 6)]
+    method = _method(local_blend=True, reweight=2.0)
+    together = method.edit(sd64, {}, batch, SAMPLER)
+    for request, out in zip(batch, together):
+        (alone,) = method.edit(sd64, {}, [request], SAMPLER)
+        torch.testing.assert_close(out.edited, alone.edited, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.original, alone.original, rtol=0, atol=1e-6)
+    # Another strength's image is far outside that tolerance: the comparison can fail.
+    for k in (0, 1, 3):
+        (other,) = method.edit(sd64, {}, [replace(batch[k], strength=1.0)], SAMPLER)
+        assert not torch.allclose(together[k].edited, other.edited, atol=1e-4), k
 
 
 @pytest.mark.parametrize("options", [
