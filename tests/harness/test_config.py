@@ -112,3 +112,19 @@ def test_relative_output_dir_is_resolved_from_the_project_not_the_current_direct
     assert cfg.run_dir == REPO_ROOT / "results" / "sub" / "t"
     absolute = run_config_from_dict(tiny_run(tmp_path, output_dir=str(tmp_path / "elsewhere")))
     assert absolute.run_dir == tmp_path / "elsewhere" / "t"
+
+
+def test_every_shipped_run_config_loads_and_plans() -> None:
+    """The run configs that need only the embedded checkpoints are valid as shipped: method names and options,
+    models and suites resolve, and the plan has units for every method entry. (The paper configs and
+    world_real.yaml need downloaded weights; tests/harness/test_paper_configs.py runs those with tiny models.)"""
+    from harness.config import load_run_config
+    from harness.runner import plan
+
+    repo = Path(__file__).resolve().parents[2]
+    offline = ("quickstart", "shapes_quickstart", "faces_curves", "faces_comparison", "world_sweep", "baselines_world")
+    for path in (repo / "configs" / f"{name}.yaml" for name in offline):
+        p = plan(load_run_config(path))
+        assert p.num_units > 0, path.name
+        labels = {m.label for m in p.methods}
+        assert len(labels) == len(load_run_config(path).methods), path.name
