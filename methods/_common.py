@@ -116,10 +116,17 @@ def scaled_fraction(fraction: float, strength: float) -> float:
     return min(1.0, abs(strength) * fraction)
 
 
-def run_start(num_steps: int, fraction: float, what: str) -> int:
-    """`strength_start`'s grid index for a fraction in [0, 1] (the last ⌊N·fraction⌋ steps are run), or num_steps when
-    that runs no step (fraction 0, or N·fraction < 1): nothing is re-run, the input is left as it is."""
-    return strength_start(num_steps, fraction, what) if int(num_steps * fraction) >= 1 else num_steps
+def request_starts(num_steps: int, fraction: float, requests: Sequence[EditRequest], what: str) -> list[int]:
+    """Each request's start index on the grid for an image-to-image fraction scaled by its strength
+    (`scaled_fraction`): the last ⌊N·fraction(s)⌋ steps are re-run, or num_steps when that is no step (nothing is
+    re-run, the input is left as it is). A grid too short for the configured `fraction` itself is refused first
+    (`strength_start`'s error names `what`), whatever the strengths."""
+    strength_start(num_steps, fraction, what)
+    starts = []
+    for r in requests:
+        f = scaled_fraction(fraction, r.strength)
+        starts.append(strength_start(num_steps, f, f"{what} x strength") if int(num_steps * f) >= 1 else num_steps)
+    return starts
 
 
 def index_groups(keys: Sequence[K]) -> dict[K, list[int]]:

@@ -56,7 +56,7 @@ from harness.diffusion import (
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods._common import (
-    edit_prompts, index_groups, pairs, request_noise, run_start, sample_states, scaled_fraction, source_states,
+    edit_prompts, index_groups, pairs, request_noise, request_starts, sample_states, source_states,
 )
 from methods.base import EditMethod, EditOutput, EditRequest, register_method
 
@@ -133,9 +133,7 @@ class DiffEdit(EditMethod):
     def starts(self, requests: Sequence[EditRequest], num_steps: int) -> list[int]:
         """Each request's start step: the grid index of its encoding ratio r(s) (num_steps: no step re-run)."""
         opts: DiffEditOptions = self.options
-        strength_start(num_steps, opts.encode_ratio, "encode_ratio")  # refuses a grid too short for r itself
-        return [run_start(num_steps, scaled_fraction(opts.encode_ratio, r.strength), "encode_ratio x strength")
-                for r in requests]
+        return request_starts(num_steps, opts.encode_ratio, requests, "encode_ratio")  # refuses a grid too short for r
 
     def edit_states(self, backbone: Backbone, requests: Sequence[EditRequest], x0: torch.Tensor,
                     sampler: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:

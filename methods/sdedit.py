@@ -40,12 +40,11 @@ from typing import Sequence
 import torch
 
 from harness.config import SamplerConfig
-from harness.diffusion import Schedule, denoise, make_condition, noise_to, strength_start
+from harness.diffusion import Schedule, denoise, make_condition, noise_to
 from harness.diffusion.backbone import Backbone
 from harness.errors import ConfigError
 from methods._common import (
-    edit_prompts, index_groups, pairs, request_noise, run_start, sample_states, scaled_fraction, source_states,
-    start_noise,
+    edit_prompts, index_groups, pairs, request_noise, request_starts, sample_states, source_states, start_noise,
 )
 from methods.base import EditMethod, EditOutput, EditRequest, register_method
 
@@ -71,8 +70,7 @@ class SDEdit(EditMethod):
              sampler: SamplerConfig) -> list[EditOutput]:
         opts: SDEditOptions = self.options
         n = sampler.num_steps
-        strength_start(n, opts.t0, "t0")  # refuses a grid too short for the configured t0 first
-        starts = [run_start(n, scaled_fraction(opts.t0, r.strength), "t0 x strength") for r in requests]
+        starts = request_starts(n, opts.t0, requests, "t0")  # refuses a grid too short for the configured t0 first
         schedule = Schedule.from_backbone(backbone, n)
         generated = sample_states(backbone, requests, sampler)
         originals = backbone.decode(generated)
