@@ -24,6 +24,17 @@ Pipeline per request (one sample, prompt pair p_o -> p_t, strength γ):
        target @ CFG 5: flip 20/20, preservation 1.00, but the control flips 17/20 too: the target prompt
          edits, not AVI (this is the `sd` baseline started at T_x).
      So none of the three shows an AVI edit here while ‖y_pred‖/‖x‖ ≈ 0.16; the default stays the paper's.
+  On the faces world (faces-text2img, faces_hspace, 5 attributes x 4 seeds, 20 steps, CFG 5, 8 training
+  pairs per item; scripts/measure_continuation.py --world faces) the original prompt undoes any latent
+  replacement: even the TARGET prompt's own x_t put in place of x flips <= 0.10 of units from t 0.7, 0.5 or
+  0.3 with the original prompt after it (the full caption re-renders every factor it names), so AVI flips
+  0 there at every t_x (preservation 1.00). With the empty prompt (guidance 1) that upper bound flips 0.80
+  from 0.7 and 1.00 from 0.3, where the empty continuation alone is harmless (preservation 1.00; 0.62 from
+  0.7: faces-text2img saw the empty caption in 10% of its steps). AVI with t_x 0.3 and the empty prompt:
+  z_source branch flips 0.00 at γ 1 (preservation 0.74), 0.15 / 0.95 at γ 4; z_source independent 0.25 /
+  0.90 at γ 4, 0.30 / 0.74 at γ 6 (harness runs, seeds 0-3). The faces configs use t_x 0.3, independent z,
+  the empty prompt at guidance 1 and γ 4; the AVI edit is far below the upper bound's, i.e. AVI's
+  composition y_pred (norm ratio 0.6-0.8 there) carries little of z's attribute.
   The original image is the plain p_o trajectory from the same x_T (it shares steps 0..i_x-1).
 
 Why ‖y_pred‖/‖x‖ stalls (measured on world-text2img, item circle-large, x at t = 701, z at t = 601, k = 16,

@@ -26,6 +26,19 @@ Edit, for a request of strength s:
    preservation 0.91, so the flip is the edit's, and the continuation alone costs ~9% preservation).
    The target prompt at CFG 5: see the measured line in the Options below.
    Strength 0 (x_{t_edit} unchanged) still returns the original image exactly, whatever the continuation.
+   On the faces world the empty prompt is off the text model's distribution (faces-text2img saw the empty
+   caption in 10% of its 5,500 steps): continuing the UNEDITED x_{t_edit} with it keeps 0.70 of the images
+   valid from t_edit 0.7 (preservation 0.62), 0.90 from 0.5, 1.00 from 0.3; the original prompt at guidance 1
+   keeps them all (faces_hspace, 5 attributes x 4 seeds, 20 steps, CFG 5). Upper bound there: replacing
+   x_{t_edit} by the TARGET prompt's own x_{t_edit} and continuing with the original prompt flips <= 0.10
+   from 0.7, 0.5 or 0.3 (the full caption re-renders every factor it names), with the empty prompt 0.80 /
+   0.75 / 1.00 (scripts/measure_continuation.py --world faces). Park on faces-text2img, flip / preservation
+   (same units): pca_rank 2, t_edit 0.7, empty: 0.10 / 0.54 at strength 1, 0.25 / 0.24 at 4; original @ 1:
+   0.00 / 1.00 at 1, 0.20 / 0.64 at 4; pca_rank 6 (more candidates for the calibration), t_edit 0.5,
+   original @ 1: 0.05 / 0.85 at 2, 0.35 / 0.85 at 4, 0 / 0 at 8 (invalid); t_edit 0.3, empty: 0.30 / 0.78
+   at 3. The faces configs therefore use pca_rank 6, t_edit 0.5, the original prompt at guidance 1,
+   strength 4 (on faces-ddpm the same options flip 0.50 at preservation 0.77); the defaults stay the
+   official code's.
 Which basis vector k, with which sign. The basis is local: computed per sample at edit time, and its
 vectors' signs are a convention (largest entry positive), so "pc0, +" means nothing across samples by itself.
 `selection: calibrated` (default) decides in prepare, once per attribute (per item prompt and edit prompt for
