@@ -5,7 +5,7 @@ faces-text2img and faces_hspace): for each continuation (prompt, guidance) the o
 edit, and of a control that continues the UNEDITED state the same way (so a flip caused by the continuation
 alone shows up there, not as the method's). Usage:
     python scripts/measure_continuation.py [--world shapes|faces] [--seeds 4] [--items circle-large,...]
-        [--methods avi,park] [--continuations original@null,empty@1,target@null] [--strength 1]
+        [--methods avi,park,target-latent] [--continuations original@null,empty@1,target@null] [--strength 1]
 Prints one line per (method, continuation) and writes nothing.
 """
 from __future__ import annotations
@@ -23,11 +23,11 @@ from harness.models import load_backbone
 from harness.suites import load_suite
 from harness.world.registry import get_world
 from methods._calibration import CalibrationOptions
-from methods._common import continuation_condition, original_condition, start_noise
+from methods._common import continuation_condition, original_condition, start_noise, target_condition
 from methods._scorers import ScorerSpec
 from methods._subspace import StopCriterion
 from methods.avi import AVI, AVIOptions
-from methods.base import EditRequest, PrepareContext
+from methods.base import EditOutput, EditRequest, PrepareContext
 from methods.park_pullback import ParkOptions, ParkPullback
 from metrics.oracle import unit_values
 
@@ -62,7 +62,8 @@ def main() -> None:
     ap.add_argument("--world", choices=sorted(SETUPS), default="shapes")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--items", default=None, help="suite items (default: the world's five)")
-    ap.add_argument("--methods", default="avi,park")
+    ap.add_argument("--methods", default="avi,park",
+                    help="avi, park, target-latent (the upper bound: the target prompt's own latent at t_edit)")
     ap.add_argument("--continuations", default=CONTINUATIONS, help="prompt@guidance, comma-separated; null = CFG")
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--t-edit", type=float, default=0.7, help="edit time as a fraction of T (avi t_x, park t_edit)")
@@ -99,20 +100,37 @@ def main() -> None:
                 lat = method.edit_latents(bb, state, reqs, sampler)
                 x_edit, i_edit = lat["x"], lat["i_x"]
                 extra = f" norm_ratio {float(lat['ratio'].mean()):.3f}"
-            else:
-                method = ParkPullback(ParkOptions(pca_rank=args.park_rank, n_guidance=8, t_edit=args.t_edit, scorer=scorer, continue_prompt=prompt,
-                                                  continue_guidance=guidance, convergence=StopCriterion(
-                                                      kind="vectors", tol=1e-3, max_iters=15, min_iters=3),
-                                                  calibration=CalibrationOptions(n_samples=4, strengths=(args.strength,))))
+            elif name == "park":
+                method = ParkPullback(ParkOptions(
+                    pca_rank=args.park_rank, n_guidance=8, t_edit=args.t_edit, scorer=scorer, continue_prompt=prompt,
+                    continue_guidance=guidance,
+                    convergence=StopCriterion(kind="vectors", tol=1e-3, max_iters=15, min_iters=3),
+                    calibration=CalibrationOptions(n_samples=4, strengths=(args.strength,))))
                 # the calibration renders with this continuation, on seeds disjoint from the evaluated ones
                 state = method.prepare(bb, PrepareContext(suite=suite, sampler=sampler, seed=0))
                 i_edit = schedule.step_index(args.t_edit)
                 x_T, _ = start_noise(bb, reqs, sampler)
                 x_edit = denoise(bb, x_T, schedule, original_condition(bb, reqs, sampler), stop=i_edit)
                 extra = ""
-            outs = []
-            for b in range(0, len(reqs), 4):
-                outs += method.edit(bb, state, reqs[b:b + 4], sampler)
+            elif name == "target-latent":
+                # Upper bound of any latent-replacement edit at t_edit: the TARGET prompt's own x_{t_edit} (same
+                # x_T) put in place of the original's, then the continuation.
+                i_edit = schedule.step_index(args.t_edit)
+                x_T, _ = start_noise(bb, reqs, sampler)
+                cond_o = original_condition(bb, reqs, sampler)
+                x_edit = denoise(bb, x_T, schedule, cond_o, stop=i_edit)
+                x_target = denoise(bb, x_T, schedule, target_condition(bb, reqs, sampler), stop=i_edit)
+                cont = continuation_condition(bb, reqs, sampler, prompt, guidance)
+                original = bb.decode(denoise(bb, x_edit, schedule, cond_o, start=i_edit))
+                edited = bb.decode(denoise(bb, x_target, schedule, cont, start=i_edit))
+                outs = [EditOutput(o, e, {}) for o, e in zip(original, edited)]
+                extra = ""
+            else:
+                raise SystemExit(f"--methods: unknown {name!r} (avi, park, target-latent)")
+            if name != "target-latent":
+                outs = []
+                for b in range(0, len(reqs), 4):
+                    outs += method.edit(bb, state, reqs[b:b + 4], sampler)
             cond_c = continuation_condition(bb, reqs, sampler, prompt, guidance)
             control = bb.decode(denoise(bb, x_edit, schedule, cond_c, start=i_edit))
             origs = readings(world, torch.stack([o.original for o in outs]))
