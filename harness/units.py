@@ -154,8 +154,11 @@ def expand_grid(config: RunConfig, methods: list[ResolvedMethod], suites: dict[s
             for suite_name, suite in suites.items():
                 pkey = prepare_key(method, fingerprints[model], suite, config)
                 if method.cls.needs_prepare:
+                    # Seeded by the registered method, like `pkey`, never by the label: a label is a display
+                    # name, and variants of one method (supervised vs supervised-projected) must learn from the
+                    # same samples, or their comparison measures two sample draws as much as the option.
                     prepares.append(PrepareJob(method.label, model, suite_name, pkey,
-                                               stable_seed("prepare", method.label, model, suite_name)))
+                                               stable_seed("prepare", method.cls.name, model, suite_name)))
                 items = suite.items  # already restricted to the run's `items`
                 units = sorted(
                     (WorkUnit(method.label, model, suite_name, it.id, it.attribute, float(s), seed)

@@ -11,9 +11,13 @@ reads the original and the edited image (`unit_values` turns the two readings in
   had the target value (about one unit in two for "large" on an unconditional model), so it cannot tell
   a working method from one that changes nothing; `oracle_flip` can: a no-op scores exactly 0.
   Aggregates skip the NaNs (the mean over eligible units only; NaN where no unit is eligible);
-- oracle_preservation: the fraction of the other factors left unchanged;
-- oracle_changed:<factor>: whether that factor changed (rows of the oracle disentanglement matrix).
-Invalid readings count as failures (success 0, flip 0 when eligible, preservation 0, changed 1).
+- oracle_preservation: the fraction of the other factors left unchanged, NaN when the original could not be
+  read (there is nothing to preserve; version 2 — version 1 counted such a unit as 0, which capped every
+  method's preservation at the model's share of readable originals, e.g. 0.88 for the random direction on
+  faces-ddpm's 20-step samples, and charged the world model's failures to the edit);
+- oracle_changed:<factor>: whether that factor changed (rows of the oracle disentanglement matrix), NaN when
+  the original could not be read (version 2, as preservation).
+An unreadable EDIT counts as the method's failure: success 0, flip 0 when eligible, preservation 0, changed 1.
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from metrics._stage import META_COLUMNS, StageContext, StageOutput, mean_aggrega
 from metrics.provenance import Provenance
 from metrics.registry import MetricSpec, register_metrics
 
+# version 2: preservation and changed:<factor> are NaN for unreadable originals (module docstring)
 PROVENANCE = Provenance("oracle", "harness.world.oracle.read_scene (exact factor reading)", "1", "world-oracle", "",
-                        "none (native resolution)")
+                        "none (native resolution)", version=2)
 FACES_PROVENANCE = Provenance("oracle", "harness.world.faces.oracle.read_face (analysis by synthesis)", "1",
-                              "faces-oracle", "", "none (native resolution)")
+                              "faces-oracle", "", "none (native resolution)", version=2)
 # The oracle's metrics and their directions, declared once: the stage and the reports read them from here.
 # oracle_flip leads: it is the edit column a no-op cannot score on.
 METRICS = (
@@ -42,8 +47,6 @@ METRICS = (
     MetricSpec("oracle_preservation", "per_image", "max"),
     MetricSpec("oracle_changed:", "per_image", None, family=True, leaderboard=False),
 )
-# Per-unit metrics whose value is NaN where the unit does not count (aggregated over the others only).
-NAN_WHEN_INELIGIBLE = ("oracle_base_rate", "oracle_flip")
 
 
 def unit_values(orig: Any, edit: Any, factor: str, wanted: str, factor_names: Sequence[str]) -> dict[str, float]:
@@ -51,20 +54,22 @@ def unit_values(orig: Any, edit: Any, factor: str, wanted: str, factor_names: Se
 
     orig / edit: oracle readings with `valid` and one attribute per factor (any world's reading).
     """
-    valid = orig.valid and edit.valid
     success = float(edit.valid and getattr(edit, factor) == wanted)
     already = orig.valid and getattr(orig, factor) == wanted
     others = [f for f in factor_names if f != factor]
-    kept = [getattr(orig, f) == getattr(edit, f) for f in others] if valid else [False] * len(others)
+    if orig.valid:
+        kept = [edit.valid and getattr(orig, f) == getattr(edit, f) for f in others]
+        changed = {f: float(not edit.valid or getattr(orig, f) != getattr(edit, f)) for f in factor_names}
+    else:  # nothing readable to preserve: the unit does not count (like the flip rate)
+        kept, changed = [], {f: math.nan for f in factor_names}
     out = {
         "oracle_valid": float(edit.valid),
         "oracle_success": success,
         "oracle_base_rate": float(already) if orig.valid else math.nan,
         "oracle_flip": success if (orig.valid and not already) else math.nan,
-        "oracle_preservation": float(np.mean(kept)),
+        "oracle_preservation": float(np.mean(kept)) if kept else math.nan,
     }
-    out.update({f"oracle_changed:{f}": float(not valid or getattr(orig, f) != getattr(edit, f))
-                for f in factor_names})
+    out.update({f"oracle_changed:{f}": v for f, v in changed.items()})
     return out
 
 

@@ -3,7 +3,8 @@
 A strength sweep gives one point per strength: (preservation, flip), where
 - flip = mean of the per-unit `oracle_flip` over eligible units (NaN units, whose original already had the
   target value or could not be read, are left out), and
-- preservation = mean of the per-unit `oracle_preservation` over all units,
+- preservation = mean of the per-unit `oracle_preservation` over the units whose original was readable
+  (NaN units left out),
 pooled over the units of the group (seeds and items; one attribute, or all of them for the leaderboard).
 
 The frontier F(q) = max{flip_s : preservation_s >= q} is the best flip rate reachable while keeping at least

@@ -26,3 +26,20 @@ def test_batches_do_not_depend_on_worker_count_and_cover_the_grid(tmp_path) -> N
     keys = [u.key for batch in a.batches for u in batch.units]
     # sd: 1 model x 2 items x 1 strength x 2 seeds; random-direction: 2 models x 2 items x 2 strengths x 2 seeds
     assert len(keys) == len(set(keys)) == 4 + 16
+
+
+def test_prepare_seed_follows_the_method_not_its_label(tmp_path) -> None:
+    """Two labelled variants of one method (as supervised vs supervised-projected) prepare from the same
+    samples, and renaming a label changes nothing learnt; a different method gets its own seed."""
+    variants = [{"name": "supervised", "options": {"n_samples": 4, "n_examples": 2}},
+                {"name": "supervised", "label": "supervised-projected",
+                 "options": {"n_samples": 4, "n_examples": 2, "disentangle_from": "all_others"}},
+                {"name": "supervised", "label": "renamed", "options": {"n_samples": 4, "n_examples": 2}},
+                {"name": "hspace-pca", "options": {"n_samples": 4}}]
+    p = plan(run_config_from_dict(tiny_run(tmp_path, models=["tiny-unet"], methods=variants)))
+    seeds = {j.method: j.seed for j in p.prepares}
+    assert set(seeds) == {"supervised", "supervised-projected", "renamed", "hspace-pca"}
+    assert seeds["supervised"] == seeds["supervised-projected"] == seeds["renamed"]
+    assert seeds["hspace-pca"] != seeds["supervised"]
+    keys = {j.method: j.key for j in p.prepares}
+    assert keys["renamed"] == keys["supervised"] != keys["supervised-projected"]  # options differ, so the artifact

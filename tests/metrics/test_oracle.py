@@ -75,6 +75,27 @@ def test_flip_counts_only_originals_not_already_at_the_target(tmp_path) -> None:
     assert v.loc["bad-original", "oracle_success"] == 1  # success reads the edited image only
 
 
+def test_preservation_counts_only_readable_originals(tmp_path) -> None:
+    """An unreadable original has nothing to preserve: preservation and changed:<factor> are NaN there (not 0 /
+    1, which charged the model's bad samples to the edit); an unreadable edit of a readable original is the
+    method's failure (preservation 0, every factor changed)."""
+    cases = {
+        "no-op": (SMALL, SMALL),
+        "broken": (SMALL, None),
+        "bad-original": (None, LARGE),
+        "leaky": (SMALL, dataclasses.replace(LARGE, fg="green")),
+    }
+    v = _oracle_rows(tmp_path, cases).pivot(index="unit_key", columns="metric", values="value")
+    changed = [c for c in v.columns if c.startswith("oracle_changed:")]
+    assert len(changed) == 6
+    assert v.loc["no-op", "oracle_preservation"] == 1 and (v.loc["no-op", changed] == 0).all()
+    assert v.loc["broken", "oracle_preservation"] == 0 and (v.loc["broken", changed] == 1).all()
+    assert np.isnan(v.loc["bad-original", "oracle_preservation"]) and v.loc["bad-original", changed].isna().all()
+    assert np.isclose(v.loc["leaky", "oracle_preservation"], 4 / 5)
+    assert v.loc["leaky", "oracle_changed:fg"] == 1 and v.loc["leaky", "oracle_changed:size"] == 1
+    assert v.loc["leaky", "oracle_changed:shape"] == 0
+
+
 def test_flip_tells_a_no_op_from_a_working_edit(tmp_path) -> None:
     """Four originals, two already large. A no-op 'succeeds' on half of them but flips none; an edit that
     makes every scene large flips all eligible ones. oracle_success cannot tell the two apart as well."""
