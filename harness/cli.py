@@ -209,7 +209,8 @@ def cmd_paper_tables(args: argparse.Namespace) -> int:
     from harness.reports import load_run
     from harness.reports.paper_tables import TABLES, paper_tables, render_paper_tables
 
-    tables = paper_tables(load_run(args.run_dir), [args.table] if args.table else TABLES, args.strength)
+    tables = paper_tables(load_run(args.run_dir), [args.table] if args.table else TABLES, args.strength,
+                          label=args.label)
     _emit(render_paper_tables(tables, args.format), args.out)
     return 0
 
@@ -284,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     paper.add_argument("--table", choices=["svd", "hspace"], help="only this table (default: both)")
     paper.add_argument("--format", choices=["md", "tex"], default="md")
     paper.add_argument("--strength", type=float, help="edit strength to report when a method has several")
+    paper.add_argument("--label", help="h-space table: the label of the original directions (default: the method's "
+                                       "name); compared with the label that differs from it only in disentangle_from")
     paper.add_argument("--out", help="write to this file instead of stdout")
     paper.set_defaults(func=cmd_paper_tables)
     return parser

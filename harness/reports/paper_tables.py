@@ -3,7 +3,9 @@
 - svd_table1: SVD paper Table 1 — FID / CLIP / LPIPS per attribute (female, male, old, young) and
   runtime, rows `sd`, `park`, `avi` (registered method names; every label of one is shown).
 - hspace_table1: h-space paper Table I — the 5 x 5 CLIP disentanglement matrix of `supervised`,
-  original directions (options.disentangle_from null) and disentangled ones (non-null).
+  original directions (options.disentangle_from null; the method's own label or `--label`) and the label
+  whose options are the same but for a non-null disentangle_from, so that the projection is the only
+  difference between the two (a projected label with other options too is shown, never compared).
 Each table names what is missing (units, metrics), prints what it can, and lists the settings of the
 run that differ from the paper's: model, sample count, sampler, resolution and metric backbones,
 read from the stored rows, config and metric provenance.
@@ -246,18 +248,52 @@ def _svd_one(run: RunData, spec: dict[str, Any], model: str | None, suite: str |
 
 
 # -- h-space paper, Table I -----------------------------------------------------------------------
-def hspace_table1(run: RunData, spec: dict[str, Any], strength: float | None = None) -> list[PaperTable]:
+def hspace_table1(run: RunData, spec: dict[str, Any], strength: float | None = None,
+                  label: str | None = None) -> list[PaperTable]:
     rows = run.rows
     rel = rows[(rows["method_name"] == spec["method"]) & rows["attribute"].isin(spec["attributes"])]
-    return [_hspace_one(run, spec, model, suite, strength) for model, suite in _combos(rel)]
+    return [_hspace_one(run, spec, model, suite, strength, label) for model, suite in _combos(rel)]
 
 
 def _disentangled(options: dict[str, Any]) -> bool:
     return options.get("disentangle_from") not in (None, [], {}, "")
 
 
+def _besides_projection(options: dict[str, Any]) -> dict[str, Any]:
+    """A label's options without disentangle_from: two labels are a projection pair when these are equal."""
+    return {k: v for k, v in options.items() if k != "disentangle_from"}
+
+
+def _pick_labels(name: str, options: dict[str, dict[str, Any]], wanted: str | None,
+                 missing: list[str], notes: list[str]) -> tuple[str | None, str | None, bool]:
+    """(original label, disentangled label, paired): the original is `wanted` (default: the method's own name,
+    else the first label with null disentangle_from); the disentangled one is the label whose options equal the
+    original's but for disentangle_from, so the projection is the only difference between the two rows.
+    `paired` is False when no such label exists (another disentangled label is shown, and not compared)."""
+    plain = sorted((lab for lab, o in options.items() if not _disentangled(o)), key=lambda lab: (lab != name, lab))
+    projected = sorted(lab for lab, o in options.items() if _disentangled(o))
+    if wanted is not None:
+        if wanted not in options or _disentangled(options[wanted]):
+            missing.append(f"--label {wanted}: no `{name}` label of that name with null options.disentangle_from "
+                           f"(have: {', '.join(plain) or 'none'})")
+            return None, None, False
+        original: str | None = wanted
+    else:
+        original = plain[0] if plain else None
+        if len(plain) > 1:
+            notes.append(f"original directions: labels {', '.join(plain)}; `{original}` shown (choose with --label)")
+    partners = [lab for lab in projected if original is not None
+                and _besides_projection(options[lab]) == _besides_projection(options[original])]
+    if partners:
+        return original, partners[0], True
+    if projected:
+        notes.append(f"no disentangled label shares `{original}`'s other options; `{projected[0]}` shown, but the "
+                     "two differ in more than the projection, so they are not compared")
+    return original, (projected[0] if projected else None), False
+
+
 def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: str | None,
-                strength: float | None) -> PaperTable:
+                strength: float | None, wanted: str | None = None) -> PaperTable:
     name, attrs = spec["method"], spec["attributes"]
     rows = run.rows[(run.rows["model"] == model) & (run.rows["suite"] == suite)] if model else run.rows.iloc[:0]
     aggs = _aggs_for(run, model, suite) if model else _aggs_for(run, "", "")
@@ -277,15 +313,12 @@ def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: st
                        "`harness metrics RUN`)")
     used: list[pd.DataFrame] = []
     oracle: dict[str, pd.DataFrame] = {}
-    for variant in ("original", "disentangled"):
-        labels = sorted(lab for lab, o in options.items() if _disentangled(o) == (variant == "disentangled"))
-        labels.sort(key=lambda lab: lab != name)
-        label = labels[0] if labels else None
+    original, projected, paired = _pick_labels(name, options, wanted, missing, notes) if model is not None \
+        else (None, None, False)
+    for variant, label in (("original", original), ("disentangled", projected)):
         if model is not None and label is None:
             missing.append(f"no `{name}` label with {'a non-null' if variant == 'disentangled' else 'null'} "
                            f"options.disentangle_from ({variant} directions)")
-        if len(labels) > 1:
-            notes.append(f"{variant}: labels {', '.join(labels)}; `{label}` shown")
         lab = mine[mine["method"] == label] if label else mine.iloc[:0]
         done = lab[lab["status"] == "done"]
         chosen = _pick_strength(done["strength"], strength)
@@ -349,7 +382,7 @@ def _hspace_one(run: RunData, spec: dict[str, Any], model: str | None, suite: st
             s.compare("samples", None)
     if oracle:
         notes.insert(0, WORLD_NOTE)
-        if len(oracle) == 2:
+        if len(oracle) == 2 and paired:
             notes.append(_projection_effect(oracle["original"], oracle["disentangled"]))
     context = f"run `{run.name}`" + (f", model `{model}`, suite `{suite}`" if model else "")
     return PaperTable(spec["title"], context, tables, pd.DataFrame(cells), list(dict.fromkeys(missing)),
@@ -402,13 +435,15 @@ def _projection_effect(original: pd.DataFrame, projected: pd.DataFrame) -> str:
 
 # -- output ---------------------------------------------------------------------------------------
 def paper_tables(run: RunData, which: Sequence[str] = TABLES, strength: float | None = None,
-                 published: dict[str, Any] | None = None) -> list[PaperTable]:
+                 published: dict[str, Any] | None = None, label: str | None = None) -> list[PaperTable]:
+    """`label`: the h-space table's original-directions label (default: the method's own name); its projected
+    partner is the label with the same options but disentangle_from."""
     pub = published or load_published()
     out: list[PaperTable] = []
     if "svd" in which:
         out += svd_table1(run, pub["svd_table1"], strength)
     if "hspace" in which:
-        out += hspace_table1(run, pub["hspace_table1"], strength)
+        out += hspace_table1(run, pub["hspace_table1"], strength, label)
     return out
 
 

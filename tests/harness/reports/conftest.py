@@ -83,15 +83,19 @@ def oracle_changed(variant: str, edit: str, factor: str) -> float:
     return 0.4 if variant == "original" else 0.2
 
 
-def hspace_run(root: Path, disentangled: bool = True, oracle: bool = False) -> Path:
+def hspace_run(root: Path, disentangled: bool = True, oracle: bool = False,
+               variants: list[tuple[str, str | None, float]] | None = None) -> Path:
+    """A supervised run; `variants`: (label, disentangle_from, scale option) per label (default: `supervised`
+    and, with `disentangled`, `supervised-dis`, both at scale 1)."""
     rows, agg = [], []
-    variants = [("supervised", None)] + ([("supervised-dis", "all_others")] if disentangled else [])
-    for label, dis in variants:
+    if variants is None:
+        variants = [("supervised", None, 1.0)] + ([("supervised-dis", "all_others", 1.0)] if disentangled else [])
+    for label, dis, scale in variants:
         variant = "original" if dis is None else "disentangled"
         for attr in HSPACE_ATTRS:
             for seed in (0, 1):
                 rows.append(unit(label, attr, seed, model="ddpm-celebahq-256", suite="hspace_paper",
-                                 method_name="supervised", options={"disentangle_from": dis, "scale": 1.0}))
+                                 method_name="supervised", options={"disentangle_from": dis, "scale": scale}))
             for measured in HSPACE_ATTRS:
                 agg.append(aggregate(label, attr, "disentanglement", hspace_value(variant, attr, measured),
                                      model="ddpm-celebahq-256", suite="hspace_paper", std=0.01, n=200,

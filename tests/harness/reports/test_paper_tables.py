@@ -141,3 +141,30 @@ def test_hspace_table1_oracle_matrix_beside_clip(tmp_path: Path) -> None:
 def test_hspace_table1_without_oracle_has_no_world_label(tmp_path: Path) -> None:
     [table] = paper_tables(load_run(hspace_run(tmp_path / "h")), ["hspace"])
     assert len(table.tables) == 2 and not any(n.startswith("world figures") for n in table.notes)
+
+
+def test_hspace_projection_pairs_labels_that_differ_only_in_disentangle_from(tmp_path: Path) -> None:
+    """With several supervised variants, the projected directions shown and checked are those of the label whose
+    options equal the original's but for disentangle_from (not the first projected label by name); --label picks
+    the original; a projected label with other options too is shown but never checked against it."""
+    four = [("supervised", None, 1.0), ("a-other-dis", "all_others", 2.0), ("other", None, 2.0),
+            ("supervised-dis", "all_others", 1.0)]
+    run = load_run(hspace_run(tmp_path / "four", oracle=True, variants=four))
+
+    def shown(table) -> list[str]:
+        return sorted(set(table.cells["method"]))
+
+    [table] = paper_tables(run, ["hspace"])
+    assert shown(table) == ["supervised", "supervised-dis"]
+    assert any(n.startswith("oracle, projected") for n in table.notes)
+    [table] = paper_tables(run, ["hspace"], label="other")
+    assert shown(table) == ["a-other-dis", "other"] and any(n.startswith("oracle, projected") for n in table.notes)
+
+    mismatched = load_run(hspace_run(tmp_path / "two", oracle=True,
+                                     variants=[("supervised", None, 1.0), ("other-dis", "all_others", 2.0)]))
+    [table] = paper_tables(mismatched, ["hspace"])
+    assert not any(n.startswith("oracle, projected") for n in table.notes)
+    assert any("not compared" in n for n in table.notes)
+
+    [table] = paper_tables(run, ["hspace"], label="nope")
+    assert any(m.startswith("--label nope: no `supervised` label") for m in table.missing)
