@@ -61,6 +61,9 @@ def main() -> None:
             art = store.load_artifact(job.key)
             if art is not None:
                 states[job.method] = art["state"]
+    if args.supervised not in states:
+        raise SystemExit(f"{run}: no prepared `{args.supervised}` artifact for {args.model} "
+                         f"(have: {', '.join(sorted(states)) or 'none'}); --supervised names the label")
     sup = states[args.supervised]["groups"][""]["directions"]
     bases = {}
     if "hspace-pca" in states:
