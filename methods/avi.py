@@ -33,8 +33,9 @@ Pipeline per request (one sample, prompt pair p_o -> p_t, strength γ):
   0.7: faces-text2img saw the empty caption in 10% of its steps). AVI with t_x 0.3 and the empty prompt:
   z_source branch flips 0.00 at γ 1 (preservation 0.74), 0.15 / 0.95 at γ 4; z_source independent 0.25 /
   0.90 at γ 4, 0.30 / 0.74 at γ 6 (harness runs, seeds 0-3). The faces configs use t_x 0.3, independent z,
-  the empty prompt at guidance 1 and γ 4; the AVI edit is far below the upper bound's, i.e. AVI's
-  composition y_pred (norm ratio 0.6-0.8 there) carries little of z's attribute.
+  the empty prompt at guidance 1 and γ 4 (on 16 other seeds, configs/faces_targets.yaml: 0.35 / 0.87); the
+  AVI edit is far below the upper bound's, i.e. AVI's composition y_pred (norm ratio 0.6-0.8 there) carries
+  little of z's attribute.
   The original image is the plain p_o trajectory from the same x_T (it shares steps 0..i_x-1).
 
 Why ‖y_pred‖/‖x‖ stalls (measured on world-text2img, item circle-large, x at t = 701, z at t = 601, k = 16,
