@@ -95,6 +95,7 @@ def main() -> None:
                         pairs_per_item=args.avi_pairs, renormalise=args.avi_renormalise)
             state = AVI(AVIOptions(**base)).prepare(bb, PrepareContext(suite=suite, sampler=sampler, seed=0))
         for prompt, guidance in continuations:
+            cond_c = continuation_condition(bb, reqs, sampler, prompt, guidance)
             if name == "avi":
                 method = AVI(AVIOptions(**base, continue_prompt=prompt, continue_guidance=guidance))
                 lat = method.edit_latents(bb, state, reqs, sampler)
@@ -120,9 +121,8 @@ def main() -> None:
                 cond_o = original_condition(bb, reqs, sampler)
                 x_edit = denoise(bb, x_T, schedule, cond_o, stop=i_edit)
                 x_target = denoise(bb, x_T, schedule, target_condition(bb, reqs, sampler), stop=i_edit)
-                cont = continuation_condition(bb, reqs, sampler, prompt, guidance)
                 original = bb.decode(denoise(bb, x_edit, schedule, cond_o, start=i_edit))
-                edited = bb.decode(denoise(bb, x_target, schedule, cont, start=i_edit))
+                edited = bb.decode(denoise(bb, x_target, schedule, cond_c, start=i_edit))
                 outs = [EditOutput(o, e, {}) for o, e in zip(original, edited)]
                 extra = ""
             else:
@@ -131,7 +131,6 @@ def main() -> None:
                 outs = []
                 for b in range(0, len(reqs), 4):
                     outs += method.edit(bb, state, reqs[b:b + 4], sampler)
-            cond_c = continuation_condition(bb, reqs, sampler, prompt, guidance)
             control = bb.decode(denoise(bb, x_edit, schedule, cond_c, start=i_edit))
             origs = readings(world, torch.stack([o.original for o in outs]))
             edit = score(world, origs, readings(world, torch.stack([o.edited for o in outs])), reqs, suite)
